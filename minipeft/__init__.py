@@ -1,0 +1,12 @@
+"""minipeft: parameter-efficient fine-tuning of GPT-2 in NumPy, checked against torch."""
+from .config import GPT2Config
+from .errors import (CheckpointError, ConfigError, HubError, InputError, MinipeftError,
+                     WeightsNotFoundError)
+from .io.checkpoint import convert_checkpoint
+from .model import GPT2
+from .tokenizer import load_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT2", "GPT2Config", "convert_checkpoint", "load_tokenizer", "MinipeftError",
+           "ConfigError", "InputError", "CheckpointError", "WeightsNotFoundError", "HubError"]

@@ -1,0 +1,102 @@
+"""GPT-2's hyper-parameters as a dataclass, with the names of `transformers`.
+
+The same six numbers describe every GPT-2 size: 124M is (12, 12, 768), medium
+(24, 16, 1024), large (36, 20, 1280), xl (48, 25, 1600).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+# Fields of a Hugging Face GPT2Config whose non-default values change the maths
+# of the model; minipeft refuses them rather than compute something else.
+_HF_UNSUPPORTED = {
+    "activation_function": ("gelu_new",),
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "tie_word_embeddings": (True,),
+    "add_cross_attention": (False,),
+}
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    n_layer: int = 12                  # transformer blocks
+    n_head: int = 12                   # attention heads per block
+    n_embd: int = 768                  # residual width C
+    n_positions: int = 1024            # longest sequence (learned positions)
+    vocab_size: int = 50257            # tokens V (lm_head tied to wte)
+    layer_norm_epsilon: float = 1e-5
+    n_inner: int | None = None         # MLP width; None means 4 * n_embd
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"GPT2Config.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                "each head gets n_embd / n_head channels.")
+        if not self.layer_norm_epsilon > 0:
+            raise ConfigError(f"layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}.")
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
+            raise ConfigError(f"n_inner must be a positive integer or None, got {self.n_inner!r}.")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def inner_size(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPT2Config":
+        """From minipeft's own config.json or a Hugging Face GPT-2 config.json."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"A GPT-2 config must be a JSON object, got {type(d).__name__}.")
+        if "model_type" in d or "architectures" in d:
+            return cls.from_hf_dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "GPT2Config":
+        """From a Hugging Face config.json; refuses anything that is not GPT-2."""
+        model_type = d.get("model_type")
+        if model_type != "gpt2":
+            raise ConfigError(
+                f"This is not a GPT-2 checkpoint: config.json has model_type={model_type!r} "
+                "(architectures=" f"{d.get('architectures')!r}). minipeft implements GPT-2 only "
+                "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 and GPT-2-shaped models).")
+        for key, allowed in _HF_UNSUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise ConfigError(
+                    f"config.json sets {key}={d[key]!r}; minipeft's GPT-2 supports only "
+                    f"{allowed[0]!r} for it. Use a standard GPT-2 checkpoint.")
+        try:
+            return cls(
+                n_layer=d.get("n_layer", 12), n_head=d.get("n_head", 12),
+                n_embd=d.get("n_embd", 768), n_positions=d.get("n_positions", 1024),
+                vocab_size=d.get("vocab_size", 50257),
+                layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+                n_inner=d.get("n_inner"))
+        except TypeError as e:  # pragma: no cover - defensive
+            raise ConfigError(f"Cannot read GPT-2 config: {e}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "GPT2Config":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"Cannot read {path}: {e}. It should be a GPT-2 config.json.") from None
+        return cls.from_dict(d)

@@ -1,0 +1,248 @@
+"""Reading Hugging Face GPT-2 folders and writing minipeft's converted ones.
+
+A converted folder is itself a clean Hugging Face GPT-2 folder: ``config.json``
+(GPT2Config keys) and ``model.safetensors`` (float32, `GPT2LMHeadModel` names,
+no tied ``lm_head.weight`` and no causal-mask buffers). So ``transformers`` can
+load it too, and minipeft reads it with ``safetensors`` alone, without torch.
+
+Hugging Face folders come in more flavours, all accepted here: keys with or
+without the ``transformer.`` prefix (the hub's gpt2 has none), ``attn.bias`` /
+``attn.masked_bias`` buffers, float16 weights, ``pytorch_model.bin`` (needs
+torch, read with ``weights_only=True``) and sharded safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GPT2Config
+from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
+
+FORMAT_VERSION = 1
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter of GPT2LMHeadModel (lm_head tied, so absent) with its shape."""
+    C, V, P, F = config.n_embd, config.vocab_size, config.n_positions, config.inner_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (P, C)}
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}"
+        shapes.update({
+            f"{h}.ln_1.weight": (C,), f"{h}.ln_1.bias": (C,),
+            f"{h}.attn.c_attn.weight": (C, 3 * C), f"{h}.attn.c_attn.bias": (3 * C,),
+            f"{h}.attn.c_proj.weight": (C, C), f"{h}.attn.c_proj.bias": (C,),
+            f"{h}.ln_2.weight": (C,), f"{h}.ln_2.bias": (C,),
+            f"{h}.mlp.c_fc.weight": (C, F), f"{h}.mlp.c_fc.bias": (F,),
+            f"{h}.mlp.c_proj.weight": (F, C), f"{h}.mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    return shapes
+
+
+def check_params(params: dict, config: GPT2Config, source: str) -> None:
+    """Loud shape check, as nanoGPT's from_pretrained: every tensor, by name."""
+    shapes = expected_shapes(config)
+    missing = [k for k in shapes if k not in params]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(
+            f"{source} is missing {len(missing)} tensor(s) that a GPT-2 with n_layer="
+            f"{config.n_layer} needs: {', '.join(missing[:5])}{more}. The checkpoint is "
+            "incomplete or belongs to another model; convert the original folder again.")
+    unexpected = [k for k in params if k not in shapes]
+    if unexpected:
+        raise CheckpointError(
+            f"{source} has tensor(s) that GPT-2 with this config does not have: "
+            f"{', '.join(unexpected[:5])}. Is config.json (n_layer={config.n_layer}) the one "
+            "that belongs to these weights?")
+    for k, shape in shapes.items():
+        if tuple(params[k].shape) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {k} has shape {tuple(params[k].shape)}, but config.json "
+                f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, n_positions="
+                f"{config.n_positions}) needs {shape}. The weights and config do not match.")
+
+
+def normalize_names(raw: dict, source: str) -> dict:
+    """Hugging Face key variants -> GPT2LMHeadModel names; drops tied/buffer tensors."""
+    params = {}
+    for key, value in raw.items():
+        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue                        # tied to wte / causal-mask buffers
+        name = key if key.startswith("transformer.") else "transformer." + key
+        if name in params:
+            raise CheckpointError(f"{source} holds {key} twice (with and without 'transformer.').")
+        params[name] = value
+    return params
+
+
+def _to_float32(name, array, source):
+    array = np.asarray(array)
+    if array.dtype.kind != "f":
+        raise CheckpointError(
+            f"{source}: tensor {name} has dtype {array.dtype}; GPT-2 weights are floats.")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"Cannot read {path}: {e}. The file is corrupt, truncated or not safetensors; "
+            "convert or download it again.") from None
+
+
+def _read_bin(path: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle, and reading it needs torch (pip install torch). "
+            "Or convert it on a machine with torch: `minipeft convert SRC DST`, which "
+            "writes safetensors.") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:              # torch raises many types for a bad pickle
+        raise CheckpointError(
+            f"Cannot read {path} safely (weights_only=True): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. minipeft never unpickles "
+            "arbitrary objects; use a safetensors checkpoint.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
+    return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items()}
+
+
+def _weight_files(folder: Path) -> tuple[str, list[Path]]:
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return "safetensors", [single]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"Cannot read {index}: {e}.") from None
+        return "safetensors", [folder / s for s in shards]
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file():
+        return "bin", [binary]
+    raise WeightsNotFoundError(
+        f"{folder} has no weights: expected model.safetensors (or a sharded "
+        "model.safetensors.index.json) or pytorch_model.bin beside config.json.")
+
+
+def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]:
+    """Read a converted or Hugging Face GPT-2 folder -> (config, params), shapes checked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsNotFoundError(f"{folder} is not a folder. Give the folder holding config.json.")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightsNotFoundError(
+            f"{folder} has no config.json, so it is not a GPT-2 checkpoint folder.")
+    config = GPT2Config.from_json_file(config_path)
+    kind, files = _weight_files(folder)
+    raw = {}
+    for f in files:
+        if not f.is_file():
+            raise WeightsNotFoundError(f"Shard {f} named in the index is missing.")
+        raw.update(_read_safetensors(f) if kind == "safetensors" else _read_bin(f))
+    params = normalize_names(raw, str(folder))
+    check_params(params, config, str(folder))
+    params = {k: _to_float32(k, v, str(folder)).astype(dtype, copy=False) for k, v in params.items()}
+    return config, params
+
+
+def hf_config_dict(config: GPT2Config) -> dict:
+    """config.json for a converted folder: Hugging Face's GPT2Config keys."""
+    d = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+        "n_positions": config.n_positions, "n_ctx": config.n_positions,
+        "vocab_size": config.vocab_size, "layer_norm_epsilon": config.layer_norm_epsilon,
+        "n_inner": config.n_inner, "bos_token_id": 50256, "eos_token_id": 50256,
+        "tie_word_embeddings": True, "torch_dtype": "float32",
+        "minipeft_format": FORMAT_VERSION,
+    }
+    return d
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe")
+
+
+def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bool = False,
+                extra_files: tuple[Path, ...] = ()) -> Path:
+    """Write config.json + model.safetensors (+ extra files such as the tokenizer's)
+    atomically: everything goes to a temp folder that is renamed into place."""
+    from safetensors.numpy import save_file
+    dst = Path(dst)
+    occupied = any(dst.iterdir()) if dst.is_dir() else dst.exists()
+    if occupied and not overwrite:
+        raise MinipeftError(
+            f"{dst} already exists and is not empty; minipeft will not overwrite it. "
+            "Choose another folder or pass overwrite=True (--overwrite on the CLI).")
+    check_params(params, config, "the model to save")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        tensors = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in expected_shapes(config)}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+        for f in extra_files:
+            shutil.copyfile(f, tmp / Path(f).name)
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """Hugging Face GPT-2 folder -> converted folder (float32 safetensors, checked).
+
+    The tokenizer's files, where the source has them, are copied along."""
+    config, params = load_folder(src)
+    tokenizer = tuple(Path(src) / f for f in TOKENIZER_FILES if (Path(src) / f).is_file())
+    return save_folder(dst, config, params, overwrite=overwrite, extra_files=tokenizer)
+
+
+
+
+def resolve_model_folder(path_or_name: str | Path) -> Path:
+    """A folder path, a bundled name (``weights/<name>``) or a hub name -> a folder."""
+    from .hub import fetch_and_convert
+    from .paths import HUB_NAMES, bundled_dir, bundled_names
+
+    path = Path(path_or_name)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise WeightsNotFoundError(
+            f"{path} is a file; give the folder that holds config.json and the weights.")
+    name = str(path_or_name)
+    folder = bundled_dir(name)
+    if folder is not None:
+        return folder
+    if name in HUB_NAMES:
+        return fetch_and_convert(name)
+    raise WeightsNotFoundError(
+        f"No folder {name!r} and no model of that name. Give a GPT-2 folder (converted, or "
+        f"Hugging Face's with config.json + model.safetensors), a bundled name "
+        f"({', '.join(bundled_names()) or 'none under weights/ yet'}) or a hub name "
+        f"({', '.join(HUB_NAMES)}).")

@@ -1,0 +1,219 @@
+"""GPT-2 (Radford et al. 2019) in NumPy: forward, and backward by hand.
+
+One forward pass, top to bottom:
+
+    x = wte[ids] + wpe[pos]                                 (B, T, C) embedding
+    for each block h.0 .. h.{L-1}:
+        x = x + c_proj(attention(c_attn(ln_1(x))))          causal self-attention
+        x = x + mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))         feed-forward, width 4C
+    logits = ln_f(x) @ wte.T                                (B, T, V) lm_head tied to wte
+
+`backward` walks the same lines bottom to top. Every linear layer goes through
+`_linear` / `_linear_backward` with its checkpoint name, the one place where PEFT
+methods hook in. The only state shared between forward and backward is the
+returned cache; weight gradients are computed only for `trainable` names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import GPT2Config
+from ..errors import ConfigError
+from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
+from ..ops import (attention_backward, attention_forward, attention_mask_allowed,
+                   cross_entropy_backward, cross_entropy_forward, embedding_backward,
+                   embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
+                   layernorm_forward, linear_backward, linear_forward, merge_heads,
+                   merge_heads_backward, residual_backward, residual_forward, shift_labels,
+                   split_heads, split_heads_grad)
+from .inputs import check_attention_mask, check_input_ids, check_labels
+
+DTYPES = (np.float32, np.float64)
+
+
+class GPT2:
+    """GPT2LMHeadModel in NumPy. ``params`` uses its state-dict names, Conv1D [in, out]."""
+
+    def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], trainable=None):
+        check_params(params, config, "GPT2(params)")
+        dtypes = {p.dtype for p in params.values()}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES:
+            raise ConfigError(f"GPT2 params must all be float32 or all float64, got {dtypes}.")
+        self.config = config
+        self.params = params
+        self.trainable = set(params) if trainable is None else set(trainable)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path, dtype=np.float32) -> "GPT2":
+        """A converted folder, a Hugging Face GPT-2 folder (converted in memory),
+        a bundled name, or a hub name (downloads when the network allows)."""
+        config, params = load_folder(resolve_model_folder(path_or_name), dtype=dtype)
+        return cls(config, params)
+
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write a converted folder (config.json + model.safetensors, float32)."""
+        return save_folder(folder, self.config, self.params, overwrite=overwrite)
+
+    def astype(self, dtype) -> "GPT2":
+        """A copy in float32 or float64 (float64 for gradient checks)."""
+        dtype = np.dtype(dtype)
+        if dtype not in DTYPES:
+            raise ConfigError(f"minipeft runs in float32 or float64, not {dtype}.")
+        return type(self)(self.config, {k: v.astype(dtype) for k, v in self.params.items()},
+                          self.trainable)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.params["transformer.wte.weight"].dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    # ---------------------------------------------------------------- forward
+    def __call__(self, input_ids, attention_mask=None) -> np.ndarray:
+        """-> logits (B, T, V)."""
+        return self.forward(input_ids, attention_mask)[0]
+
+    def forward(self, input_ids, attention_mask=None):
+        """-> (logits (B, T, V), cache). The cache also keeps `hidden_states`:
+        the embedding output and every block's output, for comparisons."""
+        cfg, P = self.config, self.params
+        ids = check_input_ids(input_ids, cfg.vocab_size, cfg.n_positions)
+        mask = check_attention_mask(attention_mask, ids.shape)
+        B, T = ids.shape
+        pos = np.arange(T)[None, :]                                     # (1, T)
+        x, emb_cache = embedding_forward(ids, P["transformer.wte.weight"],
+                                         P["transformer.wpe.weight"], pos)  # (B, T, C)
+        allowed = attention_mask_allowed(T, T, mask)                     # (B|1, 1, T, T)
+        hidden_states, layer_caches = [x], []
+        for i in range(cfg.n_layer):
+            x, layer_cache = self._block_forward(i, x, allowed)
+            hidden_states.append(x)
+            layer_caches.append(layer_cache)
+        xf, lnf_cache = layernorm_forward(x, P["transformer.ln_f.weight"],
+                                          P["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
+        logits = xf @ P["transformer.wte.weight"].T                     # (B, T, V) tied lm_head
+        cache = {
+            "embedding": emb_cache,      # ids (B, T), positions (B, T)
+            "layers": layer_caches,      # one dict per block, see _block_forward
+            "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
+            "xf": xf,                    # (B, T, C) input of the lm_head
+            "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
+            "ln_f_out": xf,
+        }
+        return logits, cache
+
+    def _block_forward(self, i: int, x, allowed):
+        """One transformer block: (B, T, C) -> (B, T, C), cache."""
+        cfg, P, h = self.config, self.params, f"transformer.h.{i}"
+        eps = cfg.layer_norm_epsilon
+        ln1, ln1_c = layernorm_forward(x, P[f"{h}.ln_1.weight"], P[f"{h}.ln_1.bias"], eps)
+        qkv, c_attn_c = self._linear(f"{h}.attn.c_attn", ln1)          # (B, T, 3C)
+        q, k, v = split_heads(qkv, cfg.n_head)                          # (B, NH, T, hs) each
+        y, attn_c = attention_forward(q, k, v, allowed)                 # (B, NH, T, hs)
+        a, c_proj_c = self._linear(f"{h}.attn.c_proj", merge_heads(y))  # (B, T, C)
+        x2, _ = residual_forward(x, a)
+        ln2, ln2_c = layernorm_forward(x2, P[f"{h}.ln_2.weight"], P[f"{h}.ln_2.bias"], eps)
+        f, c_fc_c = self._linear(f"{h}.mlp.c_fc", ln2)                  # (B, T, 4C)
+        g, gelu_c = gelu_forward(f)                                     # (B, T, 4C)
+        m, mlp_proj_c = self._linear(f"{h}.mlp.c_proj", g)              # (B, T, C)
+        x3, _ = residual_forward(x2, m)
+        cache = {"ln_1": ln1_c, "attn.c_attn": c_attn_c, "attn": attn_c,
+                 "attn.c_proj": c_proj_c, "ln_2": ln2_c, "mlp.c_fc": c_fc_c,
+                 "gelu": gelu_c, "mlp.c_proj": mlp_proj_c}
+        return x3, cache
+
+    def _linear(self, name: str, x):
+        """The Conv1D called ``name`` (PEFT methods override this): -> (out, cache)."""
+        return linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
+        """dlogits (B, T, V) -> gradient of every trainable parameter, by name."""
+        cfg, P = self.config, self.params
+        grads: dict[str, np.ndarray] = {}
+        wte = P["transformer.wte.weight"]
+        dlogits = np.asarray(dlogits, dtype=self.dtype)
+        V = cfg.vocab_size
+        # logits = xf @ wte.T
+        dxf = dlogits @ wte                                             # (B, T, C)
+        dwte = None
+        if "transformer.wte.weight" in self.trainable:
+            dwte = dlogits.reshape(-1, V).T @ cache["xf"].reshape(-1, cfg.n_embd)  # (V, C)
+        # xf = ln_f(x)
+        dx, dg, db = layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
+        self._put(grads, "transformer.ln_f.weight", dg)
+        self._put(grads, "transformer.ln_f.bias", db)
+        for i in reversed(range(cfg.n_layer)):
+            dx = self._block_backward(i, dx, cache["layers"][i], grads)
+        # x = wte[ids] + wpe[pos]
+        dwte, dwpe = embedding_backward(dx, cache["embedding"], dwte,
+                                        need_wte=dwte is not None,
+                                        need_wpe="transformer.wpe.weight" in self.trainable)
+        self._put(grads, "transformer.wte.weight", dwte)
+        self._put(grads, "transformer.wpe.weight", dwpe)
+        return grads
+
+    def _block_backward(self, i: int, dout, c, grads):
+        """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C)."""
+        cfg, P, h = self.config, self.params, f"transformer.h.{i}"
+        # x3 = x2 + m
+        dx2, dm = residual_backward(dout)
+        # m = mlp.c_proj(g); g = gelu(f); f = mlp.c_fc(ln2)
+        dg = self._linear_backward(f"{h}.mlp.c_proj", dm, c["mlp.c_proj"], grads)
+        df = gelu_backward(dg, c["gelu"])
+        dln2 = self._linear_backward(f"{h}.mlp.c_fc", df, c["mlp.c_fc"], grads)
+        # ln2 = ln_2(x2)
+        dx2_ln, dgam, dbeta = layernorm_backward(dln2, c["ln_2"], self._needs(f"{h}.ln_2"))
+        self._put(grads, f"{h}.ln_2.weight", dgam)
+        self._put(grads, f"{h}.ln_2.bias", dbeta)
+        dx2 = dx2 + dx2_ln
+        # x2 = x + a
+        dx, da = residual_backward(dx2)
+        # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split(c_attn(ln1))
+        dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)
+        dq, dk, dv = attention_backward(split_heads_grad(dy, cfg.n_head), c["attn"])
+        dln1 = self._linear_backward(f"{h}.attn.c_attn", merge_heads_backward(dq, dk, dv),
+                                     c["attn.c_attn"], grads)
+        # ln1 = ln_1(x)
+        dx_ln, dgam, dbeta = layernorm_backward(dln1, c["ln_1"], self._needs(f"{h}.ln_1"))
+        self._put(grads, f"{h}.ln_1.weight", dgam)
+        self._put(grads, f"{h}.ln_1.bias", dbeta)
+        return dx + dx_ln
+
+    def _linear_backward(self, name: str, dout, cache, grads):
+        """Backward of ``_linear``: -> dx; weight gradients go into ``grads``."""
+        dx, dw, db = linear_backward(dout, cache, self.params[f"{name}.weight"],
+                                     need_params=self._needs(name))
+        self._put(grads, f"{name}.weight", dw)
+        self._put(grads, f"{name}.bias", db)
+        return dx
+
+    def _needs(self, module: str) -> bool:
+        """Does the module ``module`` (e.g. transformer.h.0.ln_1) have a trainable weight or bias?"""
+        return f"{module}.weight" in self.trainable or f"{module}.bias" in self.trainable
+
+    def _put(self, grads, name, value):
+        if value is not None and name in self.trainable:
+            grads[name] = value
+
+    # ---------------------------------------------------------------- loss
+    def loss_and_grads(self, input_ids, labels, attention_mask=None):
+        """Next-token loss (labels shifted inside, -100 ignored, mean) and its gradients."""
+        ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
+        labels = check_labels(labels, ids.shape, self.config.vocab_size)
+        logits, cache = self.forward(ids, attention_mask)
+        loss, loss_cache = cross_entropy_forward(logits, shift_labels(labels))
+        del logits
+        dlogits = cross_entropy_backward(1.0, loss_cache)
+        return loss, self.backward(dlogits, cache)
+
+    def loss(self, input_ids, labels, attention_mask=None) -> float:
+        """The loss alone (no gradients)."""
+        ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
+        labels = check_labels(labels, ids.shape, self.config.vocab_size)
+        logits, _ = self.forward(ids, attention_mask)
+        return cross_entropy_forward(logits, shift_labels(labels))[0]

@@ -1,0 +1,76 @@
+"""Checks on what users pass to a model, with messages that say what to do."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..ops.loss import IGNORE_INDEX
+
+
+def _as_int_array(x, what: str) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise InputError(
+            f"{what} could not be read as an array ({e}); give a (B, T) array or a list of "
+            "equal-length lists of token ids (pad short rows and mask them).") from None
+    if a.dtype == object:
+        raise InputError(
+            f"{what} is ragged or holds non-numbers; give equal-length rows of integer ids "
+            "(pad short rows and pass attention_mask).")
+    if a.dtype == bool or a.dtype.kind not in "iu":
+        raise InputError(
+            f"{what} must hold integers, got dtype {a.dtype}. Token ids come from the "
+            "tokenizer (tokenizer.encode(text).ids); cast with .astype(np.int64) if they are "
+            "whole numbers stored as floats.")
+    if a.ndim != 2:
+        hint = " For one sequence, wrap it: [ids]." if a.ndim == 1 else ""
+        raise InputError(f"{what} must have shape (B, T), got {a.ndim} dimension(s) {a.shape}.{hint}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{what} is empty (shape {a.shape}); give at least one token.")
+    return a.astype(np.int64, copy=False)
+
+
+def check_input_ids(input_ids, vocab_size: int, n_positions: int, past: int = 0) -> np.ndarray:
+    ids = _as_int_array(input_ids, "input_ids")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise InputError(
+            f"input_ids holds {bad}, outside this model's vocabulary 0..{vocab_size - 1}. "
+            "Was the text encoded with another tokenizer?")
+    if past + ids.shape[1] > n_positions:
+        raise InputError(
+            f"The sequence is {past + ids.shape[1]} tokens long but this model has only "
+            f"n_positions={n_positions} positions; truncate or split it.")
+    return ids
+
+
+def check_attention_mask(attention_mask, shape) -> np.ndarray | None:
+    if attention_mask is None:
+        return None
+    mask = np.asarray(attention_mask)
+    if mask.shape != tuple(shape):
+        raise InputError(
+            f"attention_mask has shape {mask.shape} but must match input_ids {tuple(shape)}: "
+            "1 for a real token, 0 for padding.")
+    if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
+        raise InputError("attention_mask must hold only 0 (padding) and 1 (real token).")
+    return mask.astype(bool)
+
+
+def check_labels(labels, shape, vocab_size: int) -> np.ndarray:
+    lab = _as_int_array(labels, "labels")
+    if lab.shape != tuple(shape):
+        raise InputError(
+            f"labels has shape {lab.shape} but must match input_ids {tuple(shape)} "
+            "(they are shifted inside, as in GPT2LMHeadModel; -100 marks ignored tokens).")
+    bad = (lab != IGNORE_INDEX) & ((lab < 0) | (lab >= vocab_size))
+    if bad.any():
+        raise InputError(
+            f"labels holds {lab[bad].flat[0]}: labels must be token ids in 0..{vocab_size - 1} "
+            "or -100 (ignored).")
+    if not (lab[:, 1:] != IGNORE_INDEX).any():
+        raise InputError(
+            "No token is left to predict: after the shift (labels[:, 1:]) every label is -100 "
+            "(or T == 1). Label at least one token after the first.")
+    return lab

@@ -1,0 +1,153 @@
+"""GPT-2's tokenizer: byte-level BPE, built with Hugging Face ``tokenizers``.
+
+Byte-pair encoding starts from single symbols and repeatedly glues together the
+pair listed earliest in ``merges.txt``; ``vocab.json`` then maps each resulting
+piece to an id. GPT-2 runs BPE over the UTF-8 *bytes* of the text, not over
+characters, so its 256 base symbols cover every possible string: there is no
+unknown token and decoding gives back exactly the text that was encoded. To keep
+the files printable, each byte is written as a visible Unicode character; the
+space byte becomes ``Ġ``, so ``"Ġworld"`` is "world" with its leading space. A
+regex first splits text into words, numbers, punctuation and whitespace runs, and
+merges never cross those pieces. ``<|endoftext|>`` (id 50256, the last id of the
+50257-entry vocabulary) is a special token, matched before any splitting.
+
+``load_tokenizer`` returns the same pipeline as ``transformers.GPT2TokenizerFast``.
+Note that ``Tokenizer.decode`` skips special tokens unless you pass
+``skip_special_tokens=False``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import BPE
+
+from minipeft.errors import CheckpointError, WeightsNotFoundError
+from minipeft.io.paths import HUB_NAMES, bundled_dir
+
+EOS_TOKEN = "<|endoftext|>"
+EOS_ID = 50256  # in GPT-2's own vocabulary
+
+# The file sets a tokenizer folder may hold, in order of preference.
+BPE_FILE_PAIRS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+TOKENIZER_JSON = "tokenizer.json"
+
+
+def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
+    """Load GPT-2's byte-level BPE tokenizer from a folder or a bundled model name.
+
+    The folder may hold ``tokenizer.json``, or ``vocab.json`` + ``merges.txt``
+    (Hugging Face layout), or ``encoder.json`` + ``vocab.bpe`` (OpenAI's
+    originals); they are tried in that order. A string that is not an existing
+    path is looked up as a bundled name (``weights/<name>/``).
+    """
+    folder = _resolve_folder(path_or_name)
+    if (folder / TOKENIZER_JSON).is_file():
+        return _from_tokenizer_json(folder / TOKENIZER_JSON)
+    for vocab_name, merges_name in BPE_FILE_PAIRS:
+        vocab, merges = folder / vocab_name, folder / merges_name
+        if vocab.is_file() and merges.is_file():
+            return build_gpt2_tokenizer(vocab, merges)
+    raise WeightsNotFoundError(_missing_files_message(folder))
+
+
+def build_gpt2_tokenizer(vocab_file: str | os.PathLike[str],
+                         merges_file: str | os.PathLike[str]) -> Tokenizer:
+    """GPT-2's tokenizer from a vocabulary JSON and a merges file.
+
+    Matches the pipeline of ``GPT2TokenizerFast``: no normalizer, byte-level
+    pre-tokenizer (no prefix space), BPE, byte-level post-processor and decoder.
+    """
+    vocab_file, merges_file = Path(vocab_file), Path(merges_file)
+    _check_vocab(vocab_file)  # so a bad file is named precisely
+    try:
+        # from_file skips the "#version: 0.2" header line of the merges file.
+        # The empty affixes are what GPT2TokenizerFast sets (None acts the same).
+        model = BPE.from_file(str(vocab_file), str(merges_file),
+                              continuing_subword_prefix="", end_of_word_suffix="")
+    except Exception as exc:  # tokenizers raises a bare Exception
+        culprit = merges_file if "Merges" in str(exc) else f"{vocab_file} / {merges_file}"
+        raise CheckpointError(
+            f"Could not build the BPE tokenizer from {culprit}: {exc}. The files may "
+            "be corrupt or not belong together; re-download GPT-2's vocab.json and "
+            "merges.txt (or encoder.json and vocab.bpe)."
+        ) from exc
+
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # Changes offsets only, never ids; trim_offsets=False as in GPT2TokenizerFast.
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Registering the token (already id 50256 in GPT-2's vocab) makes it match
+    # as one piece; a vocabulary without it gets it appended as a new id.
+    tokenizer.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=True)])
+    return tokenizer
+
+
+def _resolve_folder(path_or_name: str | os.PathLike[str]) -> Path:
+    """The folder to read: an existing path, else a bundled model's folder."""
+    path = Path(path_or_name)
+    if path.exists():
+        if not path.is_dir():
+            raise WeightsNotFoundError(
+                f"{path} is a file; load_tokenizer expects the folder that holds "
+                f"{TOKENIZER_JSON}, vocab.json + merges.txt, or encoder.json + vocab.bpe."
+            )
+        return path
+    if isinstance(path_or_name, str):
+        folder = bundled_dir(path_or_name)
+        if folder is not None:
+            return folder
+        if path_or_name in HUB_NAMES:
+            raise WeightsNotFoundError(
+                f"The tokenizer for {path_or_name!r} is not available offline: it is "
+                "not bundled under weights/. Point load_tokenizer at a local folder "
+                "holding vocab.json + merges.txt (Hugging Face) or encoder.json + "
+                "vocab.bpe (OpenAI), e.g. load_tokenizer('path/to/gpt2-bpe')."
+            )
+    raise WeightsNotFoundError(
+        f"Tokenizer path {str(path)!r} does not exist and is not a bundled model name. "
+        "Check the path, or pass a folder holding vocab.json + merges.txt or "
+        "encoder.json + vocab.bpe."
+    )
+
+
+def _from_tokenizer_json(file: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # bad JSON or an unknown pipeline component
+        raise CheckpointError(
+            f"Could not read {file}: {exc}. The file is corrupt or not a Hugging Face "
+            "tokenizers file; delete it or replace it with a good copy."
+        ) from exc
+
+
+def _check_vocab(file: Path) -> None:
+    """Read and check a token -> id JSON map, naming the file on any problem."""
+    try:
+        vocab = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"Could not read the vocabulary {file}: {exc}. Replace it with a good "
+            "copy of GPT-2's vocab.json / encoder.json."
+        ) from exc
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
+    ):
+        raise CheckpointError(
+            f"The vocabulary {file} is not a JSON object mapping tokens to integer "
+            "ids. Replace it with a good copy of GPT-2's vocab.json / encoder.json."
+        )
+
+
+def _missing_files_message(folder: Path) -> str:
+    looked_for = [TOKENIZER_JSON] + [f"{v} + {m}" for v, m in BPE_FILE_PAIRS]
+    message = f"No tokenizer files in {folder}: looked for {', or '.join(looked_for)}."
+    for pair in BPE_FILE_PAIRS:
+        present = [name for name in pair if (folder / name).is_file()]
+        if len(present) == 1:
+            missing = next(name for name in pair if name not in present)
+            message += f" Found {present[0]} but not {missing}."
+    return message + " Copy GPT-2's tokenizer files into that folder."

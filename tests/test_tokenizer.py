@@ -1,0 +1,278 @@
+"""GPT-2 byte-level BPE: known ids, parity with GPT2TokenizerFast, round trips,
+folder layouts and error messages."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from minipeft.errors import CheckpointError, MinipeftError, WeightsNotFoundError
+from minipeft.tokenizer import load_tokenizer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BPE_DIR = DATA / "gpt2-bpe"
+ENCODER, VOCAB_BPE = BPE_DIR / "encoder.json", BPE_DIR / "vocab.bpe"
+SHAKESPEARE = DATA / "tinyshakespeare.txt"
+
+if not (ENCODER.is_file() and VOCAB_BPE.is_file()):
+    pytest.skip(f"GPT-2 vocabulary not found at {BPE_DIR} (need encoder.json and vocab.bpe)",
+                allow_module_level=True)
+
+TEXTS = [
+    "",
+    "Hello world",
+    "Hello, PEFT!",
+    " leading space",
+    "trailing spaces   ",
+    "runs   of\t\twhite  space \n\n\n  and\r\nCRLF",
+    "line one\nline two\n",
+    "digits 0 12 345 6789 3.14159 1,000,000",
+    "don't won't I'm you're they've we'll she'd IT'S",
+    "emoji 😀🎉👍🏽 and 👨‍👩‍👧 family",
+    "CJK 你好，世界 日本語のテキスト 한국어",
+    "accents: café naïve résumé Ångström façade",
+    "before<|endoftext|>after",
+    "two docs.<|endoftext|> Second doc<|endoftext|>",
+    "<|endoftext|><|endoftext|>",
+    "code: def f(x):\n    return x ** 2  # comment",
+    "symbols ~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./",
+    "\x00 control \x07 chars \x7f",
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return load_tokenizer(BPE_DIR)
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    transformers = pytest.importorskip("transformers")
+    return transformers.GPT2TokenizerFast(vocab_file=str(ENCODER), merges_file=str(VOCAB_BPE))
+
+
+def ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text).ids
+
+
+def random_text(rng: random.Random, length: int) -> str:
+    """Code points from every plane, plus ASCII and whitespace, no surrogates."""
+    chars = []
+    for _ in range(length):
+        kind = rng.random()
+        if kind < 0.3:
+            cp = rng.randint(0x20, 0x7E)
+        elif kind < 0.4:
+            cp = rng.choice([0x09, 0x0A, 0x0D, 0x20, 0xA0, 0x3000])
+        elif kind < 0.7:
+            cp = rng.randint(0x80, 0xFFFF)
+        else:
+            cp = rng.randint(0x10000, 0x10FFFF)
+        if 0xD800 <= cp <= 0xDFFF:
+            cp = 0xFFFD
+        chars.append(chr(cp))
+    return "".join(chars)
+
+
+def test_returns_a_real_tokenizer(tok):
+    assert type(tok) is Tokenizer
+    assert tok.get_vocab_size() == 50257
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Hello world", [15496, 995]),
+    ("Hello, PEFT!", [15496, 11, 18468, 9792, 0]),
+    ("<|endoftext|>", [50256]),
+])
+def test_known_ids(tok, text, expected):
+    assert ids(tok, text) == expected
+
+
+def test_endoftext_is_special(tok):
+    assert tok.token_to_id("<|endoftext|>") == 50256
+    assert ids(tok, "a<|endoftext|>b") == [64, 50256, 65]
+
+
+def test_space_marker(tok):
+    assert tok.encode("Hello world").tokens == ["Hello", "Ġworld"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_matches_gpt2_tokenizer_fast(tok, hf_tok, text):
+    assert ids(tok, text) == hf_tok(text)["input_ids"]
+
+
+def test_matches_gpt2_tokenizer_fast_on_shakespeare(tok, hf_tok):
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} not found")
+    corpus = SHAKESPEARE.read_text(encoding="utf-8")
+    rng = random.Random(0)
+    for _ in range(5):
+        start = rng.randrange(max(1, len(corpus) - 2000))
+        piece = corpus[start:start + rng.randint(200, 2000)]
+        assert ids(tok, piece) == hf_tok(piece)["input_ids"]
+
+
+def test_same_pipeline_as_gpt2_tokenizer_fast(tok, hf_tok):
+    assert json.loads(tok.to_str()) == json.loads(hf_tok.backend_tokenizer.to_str())
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_round_trip_fixed(tok, text):
+    # Tokenizer.decode drops special tokens by default; keep them for a round trip.
+    assert tok.decode(ids(tok, text), skip_special_tokens=False) == text
+
+
+def test_round_trip_random_unicode(tok):
+    rng = random.Random(1234)
+    texts = [random_text(rng, rng.randint(1, 60)) for _ in range(200)]
+    for text, encoding in zip(texts, tok.encode_batch(texts)):
+        assert tok.decode(encoding.ids, skip_special_tokens=False) == text, repr(text)
+
+
+# --- folder layouts ---------------------------------------------------------
+
+def _hf_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ENCODER, folder / "vocab.json")
+    shutil.copy(VOCAB_BPE, folder / "merges.txt")
+    return folder
+
+
+def _openai_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ENCODER, folder / "encoder.json")
+    shutil.copy(VOCAB_BPE, folder / "vocab.bpe")
+    return folder
+
+
+def _json_folder(folder: Path, tok: Tokenizer) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_folder_layouts_agree(tok, tmp_path):
+    sample = "Layouts agree, don't they? 😀 你好<|endoftext|>\n  end"
+    expected = ids(tok, sample)
+    folders = [
+        _hf_folder(tmp_path / "hf"),
+        _openai_folder(tmp_path / "openai"),
+        _json_folder(tmp_path / "json", tok),
+    ]
+    for folder in folders:
+        for arg in (folder, str(folder)):
+            loaded = load_tokenizer(arg)
+            assert ids(loaded, sample) == expected, folder.name
+            assert loaded.to_str() == tok.to_str(), folder.name
+
+
+def test_tokenizer_json_is_preferred(tok, tmp_path):
+    folder = _json_folder(tmp_path / "both", tok)
+    (folder / "vocab.json").write_text("{not json", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    assert ids(load_tokenizer(folder), "Hello world") == [15496, 995]
+
+
+def test_merges_without_version_header(tmp_path):
+    folder = _hf_folder(tmp_path / "noheader")
+    lines = VOCAB_BPE.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("#version")
+    (folder / "merges.txt").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
+    assert ids(load_tokenizer(folder), "Hello, PEFT!") == [15496, 11, 18468, 9792, 0]
+
+
+def test_vocab_without_endoftext_gets_it_added(tmp_path):
+    folder = _hf_folder(tmp_path / "noeos")
+    vocab = json.loads(ENCODER.read_text(encoding="utf-8"))
+    del vocab["<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    loaded = load_tokenizer(folder)
+    assert loaded.token_to_id("<|endoftext|>") == 50256
+    assert ids(loaded, "hi<|endoftext|>") == [5303, 50256]
+
+
+@pytest.mark.parametrize("name", ["my-gpt2", "gpt2"])
+def test_bundled_name(tok, tmp_path, monkeypatch, name):
+    weights = tmp_path / "weights"
+    folder = _hf_folder(weights / name)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(weights))
+    monkeypatch.chdir(tmp_path)  # so the name cannot resolve as a relative path
+    assert ids(load_tokenizer(name), "Hello world") == [15496, 995]
+
+
+# --- errors -----------------------------------------------------------------
+
+def _raises(exc_type, match_substring, arg):
+    with pytest.raises(exc_type) as info:
+        load_tokenizer(arg)
+    assert isinstance(info.value, MinipeftError)
+    assert match_substring in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_missing_folder(tmp_path):
+    missing = tmp_path / "nowhere"
+    message = _raises(WeightsNotFoundError, "does not exist", missing)
+    assert str(missing) in message
+
+
+def test_empty_folder(tmp_path):
+    message = _raises(WeightsNotFoundError, "No tokenizer files", tmp_path)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe"):
+        assert name in message
+
+
+def test_half_a_file_pair(tmp_path):
+    shutil.copy(ENCODER, tmp_path / "vocab.json")
+    _raises(WeightsNotFoundError, "Found vocab.json but not merges.txt", tmp_path)
+
+
+def test_file_instead_of_folder():
+    _raises(WeightsNotFoundError, "is a file", ENCODER)
+
+
+def test_corrupt_vocab_json(tmp_path):
+    folder = _hf_folder(tmp_path / "corrupt")
+    (folder / "vocab.json").write_text('{"Hello": 15496, "broken', encoding="utf-8")
+    message = _raises(CheckpointError, "Could not read the vocabulary", folder)
+    assert "vocab.json" in message
+
+
+def test_vocab_json_of_wrong_shape(tmp_path):
+    folder = _hf_folder(tmp_path / "list")
+    (folder / "vocab.json").write_text("[1, 2, 3]", encoding="utf-8")
+    _raises(CheckpointError, "not a JSON object mapping tokens", folder)
+
+
+def test_corrupt_merges(tmp_path):
+    folder = _hf_folder(tmp_path / "badmerges")
+    (folder / "merges.txt").write_text("#version: 0.2\nthis line has three\n", encoding="utf-8")
+    message = _raises(CheckpointError, "Could not build the BPE tokenizer", folder)
+    assert "merges.txt" in message
+
+
+def test_corrupt_tokenizer_json(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{oops", encoding="utf-8")
+    message = _raises(CheckpointError, "Could not read", tmp_path)
+    assert "tokenizer.json" in message
+
+
+def test_hub_name_not_bundled(tmp_path, monkeypatch):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(empty))
+    monkeypatch.chdir(tmp_path)
+    message = _raises(WeightsNotFoundError, "not available offline", "gpt2")
+    assert "vocab.json" in message and "encoder.json" in message
+
+
+def test_unknown_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    _raises(WeightsNotFoundError, "not a bundled model name", "no-such-model")
