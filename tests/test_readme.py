@@ -1,0 +1,18 @@
+"""The README's example runs as printed (in a temporary folder, offline)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_example_runs(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "README has no python example"
+    result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "(1, 5, 50257)" in result.stdout and "(768, 2304)" in result.stdout
