@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     except MinipeftError as e:
         print(f"minipeft {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:               # disk full, permissions, ...: not a traceback either
+        print(f"minipeft {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,12 @@ class GPT2Config:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd / n_head channels.")
-        if not self.layer_norm_epsilon > 0:
-            raise ConfigError(f"layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}.")
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
+        eps = self.layer_norm_epsilon
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
+            raise ConfigError(f"layer_norm_epsilon must be a number > 0, got {eps!r}.")
+        n_inner = self.n_inner
+        if n_inner is not None and (not isinstance(n_inner, int) or isinstance(n_inner, bool)
+                                    or n_inner <= 0):
             raise ConfigError(f"n_inner must be a positive integer or None, got {self.n_inner!r}.")
 
     @property
@@ -66,7 +70,11 @@ class GPT2Config:
         if "model_type" in d or "architectures" in d:
             return cls.from_hf_dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(
+                f"Unknown GPT-2 config field(s) {unknown}; the fields are {sorted(names)}.")
+        return cls(**d)
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "GPT2Config":

@@ -56,7 +56,7 @@ def test_every_tensor_equals_transformers(hf_checkpoint, name, config, B, T, pad
     tol = TOL[dtype]
 
     logits, cache = model.forward(ids, mask)
-    ours = {"embeddings": cache["hidden_states"][0], "ln_f": cache["ln_f_out"], "logits": logits}
+    ours = {"embeddings": cache["hidden_states"][0], "ln_f": cache["xf"], "logits": logits}
     ours.update({f"block.{i}": h for i, h in enumerate(cache["hidden_states"][1:])})
     assert_close(ours, {k: ref[k] for k in ours}, tol)
     assert logits.dtype == np.dtype(dtype)
@@ -109,7 +109,7 @@ def test_full_gpt2_124m_shape_float32(tmp_path):
     ref = torch_reference(hf_model, ids, ids, dtype="float32")
     logits, cache = model.forward(ids)
     assert logits.shape == (2, 64, 50257)
-    ours = {"logits": logits, "ln_f": cache["ln_f_out"]}
+    ours = {"logits": logits, "ln_f": cache["xf"]}
     ours.update({f"block.{i}": h for i, h in enumerate(cache["hidden_states"][1:])})
     assert_close(ours, {k: ref[k] for k in ours}, TOL["float32"])
     loss, grads = model.loss_and_grads(ids, ids)

@@ -131,6 +131,8 @@ def _weight_files(folder: Path) -> tuple[str, list[Path]]:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"Cannot read {index}: {e}.") from None
+        if any(Path(s).name != s for s in shards):
+            raise CheckpointError(f"{index} names shard files outside its folder: {shards}.")
         return "safetensors", [folder / s for s in shards]
     binary = folder / "pytorch_model.bin"
     if binary.is_file():
@@ -170,11 +172,20 @@ def hf_config_dict(config: GPT2Config) -> dict:
         "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
         "n_positions": config.n_positions, "n_ctx": config.n_positions,
         "vocab_size": config.vocab_size, "layer_norm_epsilon": config.layer_norm_epsilon,
-        "n_inner": config.n_inner, "bos_token_id": 50256, "eos_token_id": 50256,
-        "tie_word_embeddings": True, "torch_dtype": "float32",
+        "n_inner": config.n_inner, "tie_word_embeddings": True, "torch_dtype": "float32",
         "minipeft_format": FORMAT_VERSION,
     }
+    if config.vocab_size > 50256:               # GPT-2's <|endoftext|> exists in this vocabulary
+        d["bos_token_id"] = d["eos_token_id"] = 50256
     return d
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, a file or a link (not its target), if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe")
@@ -200,12 +211,18 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if dst.exists() or dst.is_symlink():
+            # Move the old folder aside (a unique name), swap the new one in, and put
+            # the old one back if the swap fails: at every moment one of them is whole.
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+            old.rmdir()
             os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, dst)
+            except BaseException:
+                os.replace(old, dst)
+                raise
+            _remove(old)
         else:
             os.replace(tmp, dst)
     finally:
@@ -217,6 +234,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
     """Hugging Face GPT-2 folder -> converted folder (float32 safetensors, checked).
 
     The tokenizer's files, where the source has them, are copied along."""
+    if Path(dst).resolve() == Path(src).resolve():
+        raise MinipeftError(
+            f"convert would write {dst} over its own source; choose another output folder.")
     config, params = load_folder(src)
     tokenizer = tuple(Path(src) / f for f in TOKENIZER_FILES if (Path(src) / f).is_file())
     return save_folder(dst, config, params, overwrite=overwrite, extra_files=tokenizer)

@@ -102,7 +102,6 @@ class GPT2:
             "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
             "xf": xf,                    # (B, T, C) input of the lm_head
             "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
-            "ln_f_out": xf,
         }
         return logits, cache
 

@@ -18,6 +18,8 @@ def _as_int_array(x, what: str) -> np.ndarray:
         raise InputError(
             f"{what} is ragged or holds non-numbers; give equal-length rows of integer ids "
             "(pad short rows and pass attention_mask).")
+    if a.size == 0:                     # before the dtype check: np.asarray([[]]) is float64
+        raise InputError(f"{what} is empty (shape {a.shape}); give at least one token.")
     if a.dtype == bool or a.dtype.kind not in "iu":
         raise InputError(
             f"{what} must hold integers, got dtype {a.dtype}. Token ids come from the "
@@ -26,8 +28,6 @@ def _as_int_array(x, what: str) -> np.ndarray:
     if a.ndim != 2:
         hint = " For one sequence, wrap it: [ids]." if a.ndim == 1 else ""
         raise InputError(f"{what} must have shape (B, T), got {a.ndim} dimension(s) {a.shape}.{hint}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"{what} is empty (shape {a.shape}); give at least one token.")
     return a.astype(np.int64, copy=False)
 
 
@@ -48,7 +48,12 @@ def check_input_ids(input_ids, vocab_size: int, n_positions: int, past: int = 0)
 def check_attention_mask(attention_mask, shape) -> np.ndarray | None:
     if attention_mask is None:
         return None
-    mask = np.asarray(attention_mask)
+    try:
+        mask = np.asarray(attention_mask)
+    except (ValueError, TypeError) as e:
+        raise InputError(
+            f"attention_mask could not be read as an array ({e}); give a (B, T) array of "
+            "0 and 1 with the shape of input_ids.") from None
     if mask.shape != tuple(shape):
         raise InputError(
             f"attention_mask has shape {mask.shape} but must match input_ids {tuple(shape)}: "
