@@ -7,13 +7,16 @@ from ..errors import InputError
 from ..ops.loss import IGNORE_INDEX
 
 
-def _as_int_array(x, what: str) -> np.ndarray:
+def _as_array(x, what: str, hint: str) -> np.ndarray:
     try:
-        a = np.asarray(x)
+        return np.asarray(x)
     except (ValueError, TypeError) as e:
-        raise InputError(
-            f"{what} could not be read as an array ({e}); give a (B, T) array or a list of "
-            "equal-length lists of token ids (pad short rows and mask them).") from None
+        raise InputError(f"{what} could not be read as an array ({e}); {hint}") from None
+
+
+def _as_int_array(x, what: str) -> np.ndarray:
+    a = _as_array(x, what, "give a (B, T) array or a list of equal-length lists of token "
+                  "ids (pad short rows and mask them).")
     if a.dtype == object:
         raise InputError(
             f"{what} is ragged or holds non-numbers; give equal-length rows of integer ids "
@@ -48,12 +51,8 @@ def check_input_ids(input_ids, vocab_size: int, n_positions: int, past: int = 0)
 def check_attention_mask(attention_mask, shape) -> np.ndarray | None:
     if attention_mask is None:
         return None
-    try:
-        mask = np.asarray(attention_mask)
-    except (ValueError, TypeError) as e:
-        raise InputError(
-            f"attention_mask could not be read as an array ({e}); give a (B, T) array of "
-            "0 and 1 with the shape of input_ids.") from None
+    mask = _as_array(attention_mask, "attention_mask",
+                     "give a (B, T) array of 0 and 1 with the shape of input_ids.")
     if mask.shape != tuple(shape):
         raise InputError(
             f"attention_mask has shape {mask.shape} but must match input_ids {tuple(shape)}: "
