@@ -118,6 +118,13 @@ def write_float16(src, torch_model):
     torch_model.config.to_json_file(src / "config.json")
 
 
+def write_bfloat16(src, torch_model):
+    import copy
+
+    import torch
+    copy.deepcopy(torch_model).to(torch.bfloat16).save_pretrained(src)
+
+
 def write_sharded(src, torch_model):
     torch_model.save_pretrained(src, max_shard_size="4KB")
     index = json.loads((src / "model.safetensors.index.json").read_text())
@@ -126,7 +133,7 @@ def write_sharded(src, torch_model):
 
 
 FLAVOURS = {"pytorch_model.bin": write_bin, "hub-style-names": write_hub_style,
-            "float16": write_float16, "sharded": write_sharded}
+            "float16": write_float16, "bfloat16": write_bfloat16, "sharded": write_sharded}
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
@@ -139,6 +146,9 @@ def test_checkpoint_flavours_load_to_the_same_params(hf, tmp_path, flavour):
         rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in want.items()}
         assert any(not np.array_equal(rounded[k], want[k]) for k in want)
         want = rounded
+    if flavour == "bfloat16":           # up-cast: the bfloat16 values, exactly (as torch rounds)
+        import torch
+        want = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in want.items()}
 
     config, params = load_folder(src)
     assert config == GPT2Config(**CFG)
@@ -152,7 +162,7 @@ def test_checkpoint_flavours_load_to_the_same_params(hf, tmp_path, flavour):
     assert set(tensors) == set(expected_shapes(config))
     assert all(t.dtype == np.float32 for t in tensors.values())
     np.testing.assert_array_equal(GPT2.from_pretrained(dst)(IDS), GPT2.from_pretrained(src)(IDS))
-    if flavour != "float16":
+    if flavour not in ("float16", "bfloat16"):
         np.testing.assert_array_equal(GPT2.from_pretrained(src)(IDS),
                                       GPT2.from_pretrained(folder)(IDS))
 

@@ -7,7 +7,7 @@ load it too, and minipeft reads it with ``safetensors`` alone, without torch.
 
 Hugging Face folders come in more flavours, all accepted here: keys with or
 without the ``transformer.`` prefix (the hub's gpt2 has none), ``attn.bias`` /
-``attn.masked_bias`` buffers, float16 weights, ``pytorch_model.bin`` (needs
+``attn.masked_bias`` buffers, float16 and bfloat16 weights, ``pytorch_model.bin`` (needs
 torch, read with ``weights_only=True``) and sharded safetensors.
 """
 from __future__ import annotations
@@ -89,12 +89,40 @@ def _to_float32(name, array, source):
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _read_bfloat16_safetensors(path: Path) -> dict:
+    """safetensors read by hand, for the one dtype NumPy lacks: bfloat16.
+
+    The layout: 8 bytes little-endian header size, a JSON header {name: {dtype, shape,
+    data_offsets}}, then the raw data. A bfloat16 is the top half of a float32."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    kinds = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = data[8 + n + start: 8 + n + end]
+        if info["dtype"] == "BF16":
+            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(raw, kinds[info["dtype"]])
+        out[name] = a.reshape(info["shape"])
+    return out
+
+
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        try:
+            return load_file(str(path))
+        except TypeError as e:
+            if "bfloat16" not in str(e):
+                raise
+            return _read_bfloat16_safetensors(path)
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as e:
         raise CheckpointError(
             f"Cannot read {path}: {e}. The file is corrupt, truncated or not safetensors; "
             "convert or download it again.") from None
