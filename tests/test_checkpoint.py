@@ -477,3 +477,32 @@ def test_converted_config_names_eos_only_when_the_vocabulary_has_it(hf, tmp_path
 def test_own_config_format_rejects_unknown_fields():
     with pytest.raises(ConfigError, match="Unknown GPT-2 config field"):
         GPT2Config.from_dict({"n_layer": 2, "n_layyer": 3})
+
+
+def test_hub_name_downloads_once_and_converts(hf, weights, monkeypatch):
+    """With network, a hub name is fetched (here: a local folder stands in for the
+    download), converted into weights/<name>/ once, and loaded from there after."""
+    import huggingface_hub
+    if not (SHARED_DATA / "gpt2-bpe").is_dir():
+        pytest.skip("needs ../shared/data/gpt2-bpe")
+    folder, _ = hf
+    src = weights.parent / "hub-cache"
+    shutil.copytree(folder, src)
+    shutil.copyfile(SHARED_DATA / "gpt2-bpe" / "encoder.json", src / "vocab.json")
+    shutil.copyfile(SHARED_DATA / "gpt2-bpe" / "vocab.bpe", src / "merges.txt")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def download(repo_id, allow_patterns):
+        calls.append(repo_id)
+        return str(src)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    model = GPT2.from_pretrained("distilgpt2")
+    np.testing.assert_array_equal(model(IDS), GPT2.from_pretrained(folder)(IDS))
+    assert calls == ["distilbert/distilgpt2"]
+    assert sorted(os.listdir(weights / "distilgpt2")) == [
+        "config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    GPT2.from_pretrained("distilgpt2")              # now bundled: no second download
+    assert calls == ["distilbert/distilgpt2"]
+    from minipeft import load_tokenizer
+    assert load_tokenizer("distilgpt2").encode("Hello world").ids == [15496, 995]
