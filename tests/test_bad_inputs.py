@@ -278,3 +278,11 @@ def test_sharded_index_problems(hf, tmp_path, loader):
     refused(loader, src, WeightsNotFoundError, rf"Shard .*{shard.name} named in the index is missing")
     index.write_text("{\"metadata\": {}}")
     refused(loader, src, CheckpointError, r"Cannot read .*model\.safetensors\.index\.json")
+
+
+def test_unknown_trainable_name_is_refused():
+    from minipeft.io.checkpoint import expected_shapes
+    cfg = GPT2Config(n_layer=1, n_head=1, n_embd=4, n_positions=4, vocab_size=5)
+    params = {k: np.zeros(s, np.float32) for k, s in expected_shapes(cfg).items()}
+    with pytest.raises(ConfigError, match="lm_head.weight"):
+        GPT2(cfg, params, trainable=["lm_head.weight"])

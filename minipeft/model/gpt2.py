@@ -44,6 +44,10 @@ class GPT2:
         self.config = config
         self.params = params
         self.trainable = set(params) if trainable is None else set(trainable)
+        unknown = sorted(self.trainable - set(params))
+        if unknown:
+            raise ConfigError(f"trainable names no parameter: {unknown[:5]}; names are the "
+                              "keys of model.params (e.g. transformer.h.0.attn.c_attn.weight).")
 
     # ---------------------------------------------------------------- loading
     @classmethod
