@@ -41,6 +41,15 @@ def torch_logits(model, ids=IDS):
         return model(torch.as_tensor(ids)).logits.numpy()
 
 
+@pytest.fixture
+def occupied(tmp_path):
+    """An existing output folder tmp_path/conv holding one file of the user's."""
+    dst = tmp_path / "conv"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("old")
+    return dst
+
+
 def leftovers(folder):
     """Hidden entries (temp or .old folders) that a write may have left beside dst."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
@@ -206,11 +215,9 @@ def test_an_empty_existing_folder_is_filled(hf, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_overwrite_replaces_folder(hf, tmp_path):
+def test_overwrite_replaces_folder(hf, tmp_path, occupied):
     folder, _ = hf
-    dst = tmp_path / "conv"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("old")
+    dst = occupied
     convert_checkpoint(folder, dst, overwrite=True)
     assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
     np.testing.assert_array_equal(GPT2.from_pretrained(dst)(IDS), GPT2.from_pretrained(folder)(IDS))
@@ -255,11 +262,9 @@ def test_failed_conversion_leaves_nothing(hf, tmp_path):
     assert os.listdir(out) == []
 
 
-def test_failed_write_keeps_the_old_folder(hf, tmp_path, monkeypatch):
+def test_failed_write_keeps_the_old_folder(hf, tmp_path, occupied, monkeypatch):
     folder, _ = hf
-    dst = tmp_path / "conv"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("old")
+    dst = occupied
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -426,12 +431,10 @@ def test_hub_name_without_network(weights, monkeypatch):
 
 
 # ------------------------------------------------------------------ edge cases of saving
-def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, monkeypatch):
+def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, occupied, monkeypatch):
     """If the final rename fails, the previous folder is restored, whole."""
     folder, _ = hf
-    dst = tmp_path / "conv"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("old")
+    dst = occupied
     real_replace = os.replace
 
     def replace(src, target):
