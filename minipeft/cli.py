@@ -41,10 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except MinipeftError as e:
-        print(f"minipeft {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:               # disk full, permissions, ...: not a traceback either
+    except (MinipeftError, OSError) as e:   # OSError: disk full, permissions, ...
         print(f"minipeft {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
