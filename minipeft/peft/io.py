@@ -1,0 +1,167 @@
+"""Adapters on disk in peft's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Keys are those of peft's saved state dict (``base_model.model.transformer.h.0.attn.c_attn.lora_A.weight``;
+no adapter name inside; ``….lora_magnitude_vector`` for DoRA; trained biases as
+``….base_layer.bias`` on LoRA layers). The "default" adapter goes in the folder itself,
+any other in ``folder/<name>``, as peft does, so either library reads what the other wrote.
+
+LoRA on q/k/v slices of c_attn (``enable_lora``, which peft lacks) is saved in its
+exact peft equivalent: one c_attn LoRA of rank r·(slices) whose A stacks the slices'
+A and whose B is block-shaped with zeros for the slices left out, α scaled to keep s.
+peft, and minipeft, load it back as that plain c_attn LoRA (the zero blocks then train too).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
+from ..io.checkpoint import _read_safetensors
+from .config import LoraConfig
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def _block_form(config: LoraConfig, tensors: dict, C: int):
+    """enable_lora slices -> (equivalent peft config, tensors) of one c_attn LoRA."""
+    on = [j for j in range(3) if config.enable_lora[j]]
+    r, n = config.r, len(on)
+    out = {}
+    for key, t in tensors.items():
+        if not key.endswith("attn.c_attn"):
+            out[key] = t
+            continue
+        some = t[f"{'qkv'[on[0]]}.lora_A.weight"]
+        A = np.zeros((n * r, some.shape[1]), some.dtype)                 # (n·r, in)
+        B = np.zeros((3 * C, n * r), some.dtype)                         # (3C, n·r)
+        for i, j in enumerate(on):
+            A[i * r:(i + 1) * r] = t[f"{'qkv'[j]}.lora_A.weight"]
+            B[j * C:(j + 1) * C, i * r:(i + 1) * r] = t[f"{'qkv'[j]}.lora_B.weight"]
+        out[key] = {"lora_A.weight": A, "lora_B.weight": B}
+    if any(not k.endswith("attn.c_attn") for k in tensors):
+        raise ConfigError("enable_lora adapters that also target other layers cannot be saved in "
+                          "peft's format (ranks would differ per layer); target c_attn alone.")
+    d = config.to_dict()
+    r_new = n * r
+    d["r"] = r_new
+    d["lora_alpha"] = config.scaling * (math.sqrt(r_new) if config.use_rslora else r_new)
+    return d, out
+
+
+def adapter_state(pm, adapter_name: str) -> tuple[dict, dict]:
+    """-> (peft config dict, {peft key: array}) of one adapter."""
+    config = pm.peft_config[adapter_name]
+    tensors = pm.lora[adapter_name]
+    if config.enable_lora is not None:
+        d, tensors = _block_form(config, tensors, pm.config.n_embd)
+    else:
+        d = config.to_dict()
+    d["inference_mode"] = True                    # as peft writes it
+    state = {f"{PREFIX}{key}.{name}": arr for key, t in tensors.items() for name, arr in t.items()}
+    if config.bias != "none":
+        modules = pm.lora[adapter_name]
+        names = [k for k in pm.params if k.endswith(".bias")] if config.bias == "all" \
+            else [f"{m}.bias" for m in modules]
+        for name in names:
+            state[pm._peft_bias_name(name)] = pm.params[name]
+    return d, state
+
+
+def _write_atomic(folder: Path, files: dict[str, callable]) -> None:
+    """Write each file to a temp name in ``folder``, then rename it into place: a failed
+    save leaves the old files whole and no temp files behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmps = {}
+    try:
+        for name, write in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            os.close(fd)
+            tmps[name] = tmp
+            write(tmp)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(tmps.pop(name), folder / name)
+    finally:
+        for tmp in tmps.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def save_adapters(pm, folder, selected_adapters=None) -> Path:
+    from safetensors.numpy import save_file
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MinipeftError(f"{folder} is a file; save_pretrained needs a folder.")
+    names = list(pm.peft_config) if selected_adapters is None else list(selected_adapters)
+    for name in names:
+        pm._check_name(name)
+    for name in names:
+        d, state = adapter_state(pm, name)
+        dst = folder if name == "default" else folder / name
+        arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+        _write_atomic(dst, {
+            WEIGHTS_NAME: lambda p, a=arrays: save_file(a, p, metadata={"format": "pt"}),
+            CONFIG_NAME: lambda p, d=d: Path(p).write_text(json.dumps(d, indent=2) + "\n"),
+        })
+    return folder
+
+
+def read_adapter(folder, model) -> tuple[LoraConfig, dict]:
+    """-> (LoraConfig, {"<module>.<tensor>": array in the model's dtype}), checked
+    against ``model`` (its size, its layers) before anything is loaded."""
+    from .model import lora_parts, target_keys
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not cfg_path.is_file():
+        raise WeightsNotFoundError(f"No {CONFIG_NAME} in {folder}: give the folder that "
+                                   "save_pretrained (peft's or minipeft's) wrote.")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); save the adapter again.") from None
+    config = LoraConfig.from_dict(d, source=str(cfg_path))
+    if not w_path.is_file():
+        hint = " It has adapter_model.bin: minipeft reads only safetensors (no pickles); re-save " \
+               "it with peft's save_pretrained(safe_serialization=True)." \
+            if (folder / "adapter_model.bin").is_file() else ""
+        raise WeightsNotFoundError(f"No {WEIGHTS_NAME} in {folder}.{hint}")
+    raw = _read_safetensors(w_path)
+    # the tensors this config needs on this model, with their shapes
+    expected = {}
+    for key in target_keys(config, model.config):
+        W = model.params[f"{key}.weight"]
+        for prefix, cols in lora_parts(config, key, W.shape[1], model.config.n_embd):
+            n_out = cols.stop - cols.start
+            expected[f"{key}.{prefix}lora_A.weight"] = (config.r, W.shape[0])
+            expected[f"{key}.{prefix}lora_B.weight"] = (n_out, config.r)
+        if config.use_dora:
+            expected[f"{key}.lora_magnitude_vector"] = (W.shape[1],)
+    weights, unexpected = {}, []
+    for k, v in raw.items():
+        name = k[len(PREFIX):] if k.startswith(PREFIX) else k
+        name = name.replace(".base_layer.", ".")
+        if name in expected or (name.endswith(".bias") and name in model.params):
+            weights[name] = v
+        else:
+            unexpected.append(k)
+    missing = sorted(set(expected) - set(weights))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{w_path} does not fit this model and config: missing {missing[:3]}"
+            f"{' …' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{' …' if len(unexpected) > 3 else ''}. It was saved for another model "
+            f"(this one has n_layer={model.config.n_layer}) or its files are mixed up.")
+    for name, v in weights.items():
+        shape = expected.get(name) or model.params[name].shape
+        if tuple(v.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{w_path}: {name} has shape {tuple(v.shape)}, this model needs {tuple(shape)}: "
+                f"the adapter was saved for another model size (this one has n_embd="
+                f"{model.config.n_embd}).")
+        weights[name] = np.asarray(v, dtype=model.dtype)
+    return config, weights
