@@ -89,12 +89,11 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["numba", "numpy"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+# float32 runs once, through the kernels; test_lora_kernels holds the twins to them
+@pytest.mark.parametrize("dtype,kernels", [("float64", True), ("float64", False), ("float32", True)],
+                         ids=["float64-numba", "float64-numpy", "float32-numba"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_lora_equals_peft(hf_checkpoint, variant, dtype, kernels):
-    if dtype == "float32" and not kernels:
-        pytest.skip("float32 runs once, through the kernels; the twin is held to them elsewhere")
     _, hf_model = hf_checkpoint(seed=3, **SMALL)
     pm_t, pm = make_pair(hf_model, VARIANTS[variant], dtype)
     pm.use_kernels = kernels
@@ -108,3 +107,47 @@ def test_lora_equals_peft(hf_checkpoint, variant, dtype, kernels):
     loss, grads = pm.loss_and_grads(ids, labels)
     assert cmp("loss", loss, loss_t, tol) <= tol
     assert_close(grads, grads_t, tol)
+
+
+class FixedDropout:
+    """Stands in for peft's nn.Dropout: multiplies by minipeft's own (scaled) mask."""
+
+    def __new__(cls, mask):
+        import torch
+
+        class _Fixed(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.mask = torch.as_tensor(mask)
+
+            def forward(self, x):
+                return x * self.mask.reshape(x.shape)
+        return _Fixed()
+
+
+@pytest.mark.parametrize("variant", [
+    dict(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.3),
+    dict(r=3, lora_alpha=6, target_modules=["c_attn", "mlp.c_proj"], lora_dropout=0.4, use_dora=True),
+], ids=["lora", "dora"])
+def test_training_dropout_equals_peft_with_the_same_masks(hf_checkpoint, variant):
+    """Dropout in training: peft run with minipeft's masks (its RNG cannot be shared),
+    so that the training path — for DoRA, peft's drop(x) W0 base term — is compared too."""
+    from peft.tuners.lora import LoraLayer
+    _, hf_model = hf_checkpoint(seed=3, **SMALL)
+    pm_t, pm = make_pair(hf_model, variant, "float64")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, SMALL["vocab_size"], size=(2, 12))
+    pm.train(seed=11)
+    loss, grads = pm.loss_and_grads(ids, ids)
+    pm.train(seed=11)
+    _, cache = pm.forward(ids)
+    for name, module in pm_t.named_modules():
+        if isinstance(module, LoraLayer):
+            i, sub = name.split("transformer.h.")[1].split(".", 1)
+            mask = cache["layers"][int(i)][sub][1][0]                   # (N, in)
+            module.lora_dropout["default"] = FixedDropout(mask)
+            module.train()                                              # GPT-2's own dropout stays off
+    _, loss_t, grads_t = torch_loss_and_grads(pm_t, ids, ids)
+    assert cmp("loss", loss, loss_t, 1e-10) <= 1e-10
+    assert_close(grads, grads_t, 1e-10)
+    assert abs(loss - pm.eval().loss(ids, ids)) > 1e-8 * abs(loss)     # dropout did something (beyond round-off)

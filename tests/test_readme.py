@@ -16,3 +16,17 @@ def test_readme_example_runs(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "(1, 5, 50257)" in result.stdout and "(768, 2304)" in result.stdout
+
+
+def test_readme_lora_example_runs(tmp_path):
+    """The LoRA section's example, after the first one (it reads the folder that one wrote)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) >= 2, "README has no LoRA example"
+    for code in blocks[:2]:
+        result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364" in result.stdout
+    assert "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" in result.stdout
+    assert "(1, 5, 50257)" in result.stdout
+    assert (tmp_path / "out" / "my-lora" / "adapter_model.safetensors").is_file()

@@ -81,8 +81,8 @@ def lora_backward(ddelta, cache, A, B, scaling, mask=None):
 
 
 def delta_weight(A, B, scaling):
-    """The merged update in Conv1D layout: s (B A)ᵀ, (in, out)."""
-    return scaling * (B @ A).T
+    """The merged update in Conv1D layout: s (B A)ᵀ = s Aᵀ Bᵀ, (in, out)."""
+    return scaling * (A.T @ B.T)
 
 
 # ------------------------------------------------------------------ DoRA

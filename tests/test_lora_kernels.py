@@ -1,0 +1,103 @@
+"""The Numba kernels of minipeft.kernels.lora against their NumPy twins in
+minipeft.peft.lora: every output, cache included, in float32 and float64, with and
+without dropout, on a non-contiguous x and B."""
+from __future__ import annotations
+
+import inspect
+import io
+
+import numpy as np
+import pytest
+
+from minipeft.kernels import lora as K
+from minipeft.peft import lora as T
+from minipeft.testing import assert_close
+
+TOL = {
+    np.float64: 1e-12,   # same math, another summation order (BLAS or loop vs NumPy)
+    np.float32: 1e-5,    # float32 accumulation over `in` (and over N for dA, dB, dmagnitude)
+}
+N, C_IN, C_OUT, R = 17, 48, 72, 4
+
+
+def check(ours: dict, ref: dict, dtype):
+    """Every tensor within TOL[dtype] of the twin, and of the input dtype."""
+    assert_close(ours, ref, TOL[dtype])
+    wrong = {k: v.dtype for k, v in ours.items() if np.asarray(v).dtype != dtype}
+    assert not wrong, f"dtypes differ from {np.dtype(dtype)}: {wrong}"
+
+
+def make(dtype, masked, seed=0):
+    """Random LoRA/DoRA inputs; x is a column slice and B a transpose (both strided)."""
+    rng = np.random.default_rng(seed)
+    f = lambda *shape: rng.standard_normal(shape).astype(dtype)
+    x = f(N, C_IN + 5)[:, 2:2 + C_IN]                    # (N, in), not contiguous
+    B = f(R, C_OUT).T                                    # (out, r), B = 0 would hide half the math
+    assert not x.flags.c_contiguous and not B.flags.c_contiguous
+    mask = T.dropout_mask(rng, x.shape, 0.1, np.dtype(dtype)) if masked else None
+    return dict(x=x, A=f(R, C_IN), B=B, mask=mask, W=f(C_IN, C_OUT), ddelta=f(N, C_OUT),
+                base=f(N, C_OUT), dextra=f(N, C_OUT), magnitude=1 + rng.random(C_OUT).astype(dtype))
+
+
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64])
+MASKED = pytest.mark.parametrize("masked", [False, True], ids=["no_dropout", "dropout"])
+SCALING = T.lora_scaling(12, R)   # 3, not a power of two: s·(u Bᵀ) and u (s B)ᵀ round apart
+
+
+@DTYPES
+@MASKED
+def test_lora_forward_and_backward_match_twin(dtype, masked):
+    d = make(dtype, masked)
+    args = (d["A"], d["B"], SCALING)
+    delta, (xd, u) = K.lora_forward(d["x"], *args, mask=d["mask"])
+    delta_t, (xd_t, u_t) = T.lora_forward(d["x"], *args, mask=d["mask"])
+    check({"delta": delta, "xd": xd, "u": u}, {"delta": delta_t, "xd": xd_t, "u": u_t}, dtype)
+    # the same cache into both backwards: the twin's, whose xd is the strided x itself
+    grads = K.lora_backward(d["ddelta"], (xd_t, u_t), *args, mask=d["mask"])
+    grads_t = T.lora_backward(d["ddelta"], (xd_t, u_t), *args, mask=d["mask"])
+    names = ("dx", "dA", "dB")
+    check(dict(zip(names, grads)), dict(zip(names, grads_t)), dtype)
+
+
+@DTYPES
+def test_dora_norm_forward_backward_match_twin(dtype):
+    d = make(dtype, masked=False)
+    norm = K.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    norm_t = T.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    check({"norm": norm}, {"norm": norm_t}, dtype)
+    delta = T.lora_forward(d["x"], d["A"], d["B"], SCALING)[0]
+    base = d["base"][:, ::-1]                            # strided too
+    extra, cache = K.dora_forward(base, delta, d["magnitude"], norm_t)
+    extra_t, cache_t = T.dora_forward(base, delta, d["magnitude"], norm_t)
+    names = ("base", "delta", "g", "norm")
+    check({"extra": extra, **dict(zip(names, cache))},
+          {"extra": extra_t, **dict(zip(names, cache_t))}, dtype)
+    grads = K.dora_backward(d["dextra"], cache_t)
+    grads_t = T.dora_backward(d["dextra"], cache_t)
+    names = ("dbase", "ddelta", "dmagnitude")
+    check(dict(zip(names, grads)), dict(zip(names, grads_t)), dtype)
+
+
+@pytest.mark.parametrize("name", ["lora_forward", "lora_backward", "dora_weight_norm",
+                                  "dora_forward", "dora_backward"])
+def test_kernel_has_its_twins_signature(name):
+    """One for one: each kernel can replace the twin of the same name."""
+    assert inspect.signature(getattr(K, name)) == inspect.signature(getattr(T, name))
+
+
+def test_float32_kernels_compute_in_float32():
+    """No silent upcast inside a kernel: the float32 outputs could hide one (a float32
+    scalar minus the literal 1 is float64 in Numba), the compiled types cannot."""
+    d = make(np.float32, masked=True)
+    delta, cache = K.lora_forward(d["x"], d["A"], d["B"], SCALING, d["mask"])
+    K.lora_backward(d["ddelta"], cache, d["A"], d["B"], SCALING, d["mask"])
+    norm = K.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    K.dora_backward(d["dextra"], K.dora_forward(d["base"], delta, d["magnitude"], norm)[1])
+    for kernel in (K._lora_forward, K._lora_backward, K._dora_weight_norm, K._dora_forward,
+                   K._dora_backward):
+        for sig in kernel.signatures:
+            if "float64" in str(sig):
+                continue
+            text = io.StringIO()
+            kernel.inspect_types(file=text, signature=sig)
+            assert "float64" not in text.getvalue(), f"{kernel.__name__}{sig} computes in float64"
