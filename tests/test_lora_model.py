@@ -186,3 +186,14 @@ def test_several_adapters():
     assert not np.allclose(pm(IDS), first)
     pm.delete_adapter("other")
     assert pm.active_adapter == "default" and np.array_equal(pm(IDS), first)
+
+
+def test_astype_converts_base_and_adapters():
+    pm = peft(dict(r=2, target_modules="all-linear", use_dora=True))
+    pm32 = pm.astype(np.float32)
+    assert pm32.dtype == np.float32 and pm.dtype == np.float64
+    assert all(a.dtype == np.float32 for a in pm32.trainable_parameters().values())
+    assert pm32(IDS).dtype == np.float32
+    assert max_rel(pm32(IDS), pm(IDS))[1] < 1e-5                # float32 round-off of the same model
+    pm32.trainable_parameters()[next(iter(pm32.trainable_parameters()))][...] = 0
+    assert np.any(next(iter(pm.trainable_parameters().values())))  # a copy, not a view

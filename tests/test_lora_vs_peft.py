@@ -93,9 +93,13 @@ VARIANTS = {
 @pytest.mark.parametrize("dtype,kernels", [("float64", True), ("float64", False), ("float32", True)],
                          ids=["float64-numba", "float64-numpy", "float32-numba"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_lora_equals_peft(hf_checkpoint, variant, dtype, kernels):
+def test_lora_equals_peft(hf_checkpoint, variant, dtype, kernels, capsys):
     _, hf_model = hf_checkpoint(seed=3, **SMALL)
     pm_t, pm = make_pair(hf_model, VARIANTS[variant], dtype)
+    pm_t.print_trainable_parameters()
+    pm.print_trainable_parameters()
+    theirs, ours = capsys.readouterr().out.strip().splitlines()
+    assert ours == theirs and ours.startswith("trainable params: ")
     pm.use_kernels = kernels
     rng = np.random.default_rng(0)
     ids = rng.integers(0, SMALL["vocab_size"], size=(2, 12))

@@ -168,6 +168,18 @@ class PeftModel(GPT2):
     def _parts(self, config: LoraConfig, key: str):
         return lora_parts(config, key, self.params[f"{key}.weight"].shape[1], self.config.n_embd)
 
+    def astype(self, dtype) -> "PeftModel":
+        """A copy in float32 or float64, base and adapters alike (float64 for checks)."""
+        base = self.base_model.astype(dtype)           # shares self.params: merged or not, as now
+        new = copy.copy(self)
+        new.base_model, new.params = base, base.params
+        new.lora = {a: {k: {n: v.astype(dtype) for n, v in t.items()} for k, t in m.items()}
+                    for a, m in self.lora.items()}
+        new.peft_config = copy.deepcopy(self.peft_config)
+        new.trainable, new.merged = set(self.trainable), list(self.merged)
+        new._dora_norms = {k: v.astype(dtype) for k, v in self._dora_norms.items()}
+        return new
+
     # ------------------------------------------------------------ parameters
     def _peft_bias_name(self, name: str) -> str:
         module = name[: -len(".bias")]
