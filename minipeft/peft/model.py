@@ -405,32 +405,24 @@ class PeftModel(GPT2):
     @classmethod
     def from_pretrained(cls, model: GPT2, folder, adapter_name: str = "default",
                         is_trainable: bool = False) -> "PeftModel":
-        """Load an adapter saved by peft or minipeft onto ``model``."""
+        """Load an adapter saved by peft or minipeft onto ``model`` (for inference unless
+        ``is_trainable``, as peft)."""
         from .io import read_adapter
         config, weights = read_adapter(folder, model)
-        config.inference_mode = not is_trainable
-        init = config.init_lora_weights
-        if init in ("pissa", "olora"):       # already applied: the base given must be the residual
-            config.init_lora_weights = True
-        pm = cls(model, config, adapter_name=adapter_name)
-        pm._load_weights(adapter_name, weights)
-        pm.peft_config[adapter_name].init_lora_weights = init
+        pm = cls(model, _as_loaded(config, is_trainable), adapter_name=adapter_name)
+        pm._load_weights(adapter_name, weights, config.init_lora_weights)
         return pm
 
     def load_adapter(self, folder, adapter_name: str, is_trainable: bool = False):
         """Load another saved adapter into this model under ``adapter_name``."""
         from .io import read_adapter
         config, weights = read_adapter(folder, self.base_model)
-        config.inference_mode = not is_trainable
-        init = config.init_lora_weights
-        if init in ("pissa", "olora"):
-            config.init_lora_weights = True
-        self.add_adapter(adapter_name, config)
-        self._load_weights(adapter_name, weights)
-        self.peft_config[adapter_name].init_lora_weights = init
+        self.add_adapter(adapter_name, _as_loaded(config, is_trainable))
+        self._load_weights(adapter_name, weights, config.init_lora_weights)
 
-    def _load_weights(self, adapter_name, weights):
+    def _load_weights(self, adapter_name, weights, init):
         """Copy loaded tensors in; saved biases (bias="all"/"lora_only") replace the base's, as in peft."""
+        self.peft_config[adapter_name].init_lora_weights = init
         for key, t in self.lora[adapter_name].items():
             for name, arr in t.items():
                 arr[...] = weights[f"{key}.{name}"]
@@ -441,6 +433,16 @@ class PeftModel(GPT2):
     def __repr__(self):
         return (f"PeftModel(adapters={sorted(self.peft_config)}, active={self.active_adapter!r}, "
                 f"n_layer={self.config.n_layer}, n_embd={self.config.n_embd})")
+
+
+def _as_loaded(config: LoraConfig, is_trainable: bool) -> LoraConfig:
+    """The config to create a loaded adapter with: no PiSSA/OLoRA re-init of the base
+    (the saved adapter assumes its base already holds the residual)."""
+    config = copy.deepcopy(config)
+    config.inference_mode = not is_trainable
+    if config.init_lora_weights in ("pissa", "olora"):
+        config.init_lora_weights = True
+    return config
 
 
 def get_peft_model(model: GPT2, config: LoraConfig, adapter_name: str = "default",
