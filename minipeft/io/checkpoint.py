@@ -170,6 +170,34 @@ def _weight_files(folder: Path) -> tuple[str, list[Path]]:
         "model.safetensors.index.json) or pytorch_model.bin beside config.json.")
 
 
+CHECKSUMS_NAME = "checksums.json"
+
+
+def verify_checksums(folder: Path) -> None:
+    """A folder with checksums.json (the bundled models) must match it byte for byte."""
+    import hashlib
+    path = folder / CHECKSUMS_NAME
+    if not path.is_file():
+        return
+    try:
+        sums = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+    for name, expected in sums.items():
+        h = hashlib.sha256()
+        try:
+            with open(folder / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise CheckpointError(f"{folder / name}, listed in {path.name}, cannot be read: {e}.") from None
+        if h.hexdigest() != expected:
+            raise CheckpointError(
+                f"{folder / name} does not match its checksum in {path.name}: the file is corrupt or "
+                "was changed. Restore it (git checkout -- weights/) or make it again with the command "
+                "in weights/README.md.")
+
+
 def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]:
     """Read a converted or Hugging Face GPT-2 folder -> (config, params), shapes checked."""
     folder = Path(folder)
@@ -180,6 +208,7 @@ def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]
         raise WeightsNotFoundError(
             f"{folder} has no config.json, so it is not a GPT-2 checkpoint folder.")
     config = GPT2Config.from_json_file(config_path)
+    verify_checksums(folder)
     kind, files = _weight_files(folder)
     raw = {}
     for f in files:

@@ -20,17 +20,21 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "weights"
 
 
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"   # the bundled models
+
+
 def bundled_dir(name: str) -> Path | None:
-    """``weights/<name>/`` if it holds a model, else None."""
+    """``weights/<name>/`` (MINIPEFT_WEIGHTS's, then the repository's) if it holds a model."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
-    folder = weights_dir() / name
-    return folder if (folder / "config.json").is_file() else None
+    for root in (weights_dir(), REPO_WEIGHTS):
+        folder = root / name
+        if (folder / "config.json").is_file():
+            return folder
+    return None
 
 
 def bundled_names() -> list[str]:
     """Names of the models under ``weights/`` (loadable offline)."""
-    root = weights_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+    roots = [r for r in (weights_dir(), REPO_WEIGHTS) if r.is_dir()]
+    return sorted({p.name for r in roots for p in r.iterdir() if (p / "config.json").is_file()})
