@@ -14,6 +14,10 @@ merges never cross those pieces. ``<|endoftext|>`` (id 50256, the last id of the
 ``load_tokenizer`` returns the same pipeline as ``transformers.GPT2TokenizerFast``.
 Note that ``Tokenizer.decode`` skips special tokens unless you pass
 ``skip_special_tokens=False``.
+
+``train_bpe_tokenizer`` learns a smaller vocabulary of the same kind from your own
+text (for pretraining a tiny GPT-2), and ``save_tokenizer`` writes it as
+``tokenizer.json``, which ``load_tokenizer`` reads back.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ import json
 import os
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
-from minipeft.errors import CheckpointError, WeightsNotFoundError
+from minipeft.errors import CheckpointError, ConfigError, InputError, WeightsNotFoundError
 from minipeft.io.paths import HUB_NAMES, bundled_dir
 
 EOS_TOKEN = "<|endoftext|>"
@@ -75,6 +79,11 @@ def build_gpt2_tokenizer(vocab_file: str | os.PathLike[str],
             "merges.txt (or encoder.json and vocab.bpe)."
         ) from exc
 
+    return _gpt2_pipeline(model)
+
+
+def _gpt2_pipeline(model: BPE) -> Tokenizer:
+    """Wrap a BPE model in GPT2TokenizerFast's pipeline, with <|endoftext|> special."""
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -84,6 +93,104 @@ def build_gpt2_tokenizer(vocab_file: str | os.PathLike[str],
     # as one piece; a vocabulary without it gets it appended as a new id.
     tokenizer.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=True)])
     return tokenizer
+
+
+def train_bpe_tokenizer(text: str | os.PathLike[str] | list[str | os.PathLike[str]],
+                        vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Learn a byte-level BPE of ``vocab_size`` tokens, laid out like GPT-2's.
+
+    ``text`` is the training text itself (a ``str``), or a path / list of paths to
+    UTF-8 text files. The result has GPT-2's pipeline and id layout: ids 0-255 are
+    the 256 bytes in GPT-2's order (so they equal GPT-2's own first 256 ids), then
+    the learned tokens in the order they were merged (the most frequent pair is
+    merged first), and ``<|endoftext|>`` last, at ``vocab_size - 1`` (GPT-2's
+    50256). A pair is merged only if it occurs at least ``min_frequency`` times.
+    The same text and settings give the same tokenizer, in any process.
+    """
+    if not isinstance(vocab_size, int) or vocab_size < 257:
+        raise ConfigError(f"vocab_size={vocab_size!r}: a byte-level BPE needs at least 257 "
+                          "tokens (256 bytes + <|endoftext|>); pass a larger vocab_size.")
+    # Learn merges on exactly the pieces encode() will see: encode() first cuts the
+    # text at each <|endoftext|> (which the trainer would otherwise learn as
+    # "<|", "endoftext", ...), then pre-tokenizes each piece. Pieces are fed whole:
+    # splitting them into lines would change how runs of newlines are pre-tokenized.
+    texts = [piece for t in _training_texts(text) for piece in t.split(EOS_TOKEN) if piece]
+    draft = Tokenizer(BPE())
+    draft.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency,
+                                  show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    draft.train_from_iterator(texts, trainer)
+    learned = json.loads(draft.to_str())["model"]
+    if len(learned["vocab"]) < vocab_size - 1:
+        raise InputError(
+            f"The text gives only {len(learned['vocab']) + 1} tokens with min_frequency="
+            f"{min_frequency}, fewer than vocab_size={vocab_size}: pass a smaller "
+            "vocab_size, a lower min_frequency, or more text."
+        )
+    # The trainer orders the bytes by code point; put them in GPT-2's order, keep
+    # the learned tokens in the order they were made, and give EOS the last id.
+    byte_order = _byte_symbols()
+    is_byte = set(byte_order)
+    learned_tokens = sorted((i, t) for t, i in learned["vocab"].items() if t not in is_byte)
+    tokens = byte_order + [t for _, t in learned_tokens] + [EOS_TOKEN]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    model = BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                continuing_subword_prefix="", end_of_word_suffix="")
+    return _gpt2_pipeline(model)
+
+
+def save_tokenizer(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> Path:
+    """Write ``tokenizer`` to ``folder/tokenizer.json`` (creating the folder); return the file.
+
+    ``load_tokenizer(folder)`` gives it back unchanged. The file is written to a
+    temporary name first, so an interrupted save never leaves half a file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; save_tokenizer needs a folder to write "
+                         f"{TOKENIZER_JSON} into.")
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / TOKENIZER_JSON
+    partial = folder / (TOKENIZER_JSON + ".partial")
+    tokenizer.save(str(partial))
+    os.replace(partial, file)
+    return file
+
+
+def _training_texts(text) -> list[str]:
+    """The texts to train on: ``text`` itself, or the contents of the file(s) it names."""
+    if isinstance(text, str):
+        texts = [text]
+    else:
+        paths = [text] if isinstance(text, os.PathLike) else list(text)
+        texts = []
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                raise InputError(f"No text file at {path}: train_bpe_tokenizer takes the text "
+                                 "itself as a str, or a list of paths to existing text files.")
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path} is not UTF-8 text ({exc}); convert it to UTF-8.") from exc
+    if not any(texts):
+        raise InputError("train_bpe_tokenizer got no text to learn from.")
+    return texts
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte, in GPT-2's id order.
+
+    Bytes that are printable characters stand for themselves (``!`` to ``~``,
+    ``¡`` to ``¬``, ``®`` to ``ÿ``) and come first; the other 68 bytes (space,
+    control characters, ...) are mapped, in byte order, to code points 256 and up,
+    so the space byte 32 becomes ``Ġ`` (U+0120).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
 def _resolve_folder(path_or_name: str | os.PathLike[str]) -> Path:

@@ -276,3 +276,107 @@ def test_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIPEFT_WEIGHTS", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     _raises(WeightsNotFoundError, "not a bundled model name", "no-such-model")
+
+
+# --- training a byte-level BPE of our own -----------------------------------
+
+from minipeft.errors import ConfigError, InputError  # noqa: E402
+from minipeft.tokenizer import save_tokenizer, train_bpe_tokenizer  # noqa: E402
+
+SMALL_VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def shakespeare() -> str:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} not found")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_tok(shakespeare) -> Tokenizer:
+    return train_bpe_tokenizer(shakespeare[:100_000], SMALL_VOCAB)   # 100 kB: well under a second
+
+
+def test_trained_vocab_size_and_eos_last(small_tok):
+    assert small_tok.get_vocab_size() == SMALL_VOCAB
+    assert small_tok.token_to_id("<|endoftext|>") == SMALL_VOCAB - 1
+    a, b = small_tok.token_to_id("a"), small_tok.token_to_id("b")
+    assert ids(small_tok, "a<|endoftext|>b") == [a, SMALL_VOCAB - 1, b]
+    assert ids(small_tok, "<|endoftext|>") == [SMALL_VOCAB - 1]
+
+
+def test_trained_bytes_have_gpt2_ids(small_tok, tok):
+    # ids 0-255 are the 256 bytes in GPT-2's order, so they mean what they mean in GPT-2
+    assert [small_tok.id_to_token(i) for i in range(256)] == [tok.id_to_token(i) for i in range(256)]
+
+
+def test_trained_round_trip_shakespeare(small_tok, shakespeare):
+    rng = random.Random(0)
+    for _ in range(5):   # pieces from the whole file, most of it unseen in training
+        start = rng.randrange(len(shakespeare) - 3000)
+        piece = shakespeare[start:start + 3000]
+        encoded = ids(small_tok, piece)
+        assert small_tok.decode(encoded, skip_special_tokens=False) == piece
+        assert len(encoded) < 0.6 * len(piece)   # the merges are used: fewer tokens than bytes
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_trained_round_trip_any_text(small_tok, text):
+    # byte-level: text the tokenizer never saw (emoji, CJK, control bytes) round-trips too
+    assert small_tok.decode(ids(small_tok, text), skip_special_tokens=False) == text
+
+
+def test_trained_pipeline_is_gpt2s(small_tok, tok):
+    ours, gpt2 = json.loads(small_tok.to_str()), json.loads(tok.to_str())
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        assert ours[part] == gpt2[part], part
+    assert {k: v for k, v in ours["model"].items() if k not in ("vocab", "merges")} == \
+           {k: v for k, v in gpt2["model"].items() if k not in ("vocab", "merges")}
+    assert [t["content"] for t in ours["added_tokens"]] == ["<|endoftext|>"]
+
+
+def test_training_is_deterministic(small_tok, shakespeare):
+    again = train_bpe_tokenizer(shakespeare[:100_000], SMALL_VOCAB)
+    assert again.to_str() == small_tok.to_str()
+
+
+def test_training_from_files_equals_from_text(small_tok, shakespeare, tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(shakespeare[:100_000], encoding="utf-8")
+    assert train_bpe_tokenizer([first], SMALL_VOCAB).to_str() == small_tok.to_str()
+    assert train_bpe_tokenizer(first, SMALL_VOCAB).to_str() == small_tok.to_str()
+    second.write_text(shakespeare[100_000:150_000], encoding="utf-8")
+    assert train_bpe_tokenizer([first, str(second)], SMALL_VOCAB).get_vocab_size() == SMALL_VOCAB
+
+
+def test_endoftext_in_training_text_is_not_learned():
+    text = "hello world<|endoftext|>" * 200
+    trained = train_bpe_tokenizer(text, 262)
+    learned = [trained.id_to_token(i) for i in range(256, 261)]
+    assert not any("<" in t or "|" in t for t in learned), learned
+
+
+def test_save_and_load_trained(small_tok, tmp_path):
+    file = save_tokenizer(small_tok, tmp_path / "new" / "folder")
+    assert file == tmp_path / "new" / "folder" / "tokenizer.json" and file.is_file()
+    assert sorted(p.name for p in file.parent.iterdir()) == ["tokenizer.json"]
+    loaded = load_tokenizer(file.parent)
+    assert loaded.to_str() == small_tok.to_str()
+    sample = "ROMEO:\nBut soft, what light?<|endoftext|>"
+    assert ids(loaded, sample) == ids(small_tok, sample)
+
+
+def test_train_errors(tmp_path):
+    with pytest.raises(ConfigError, match="at least 257"):
+        train_bpe_tokenizer("some text", 256)
+    with pytest.raises(InputError, match="fewer than vocab_size=5000"):
+        train_bpe_tokenizer("a small text, a small text", 5000)
+    with pytest.raises(InputError, match="No text file at"):
+        train_bpe_tokenizer([tmp_path / "missing.txt"], 300)
+    with pytest.raises(InputError, match="no text"):
+        train_bpe_tokenizer("", 300)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(InputError, match="is a file"):
+        save_tokenizer(load_tokenizer(BPE_DIR), a_file)

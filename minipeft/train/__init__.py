@@ -1,0 +1,1 @@
+"""Training: the optimiser, the learning-rate schedules, the training loop."""
