@@ -245,6 +245,20 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def usual_permissions(path: Path) -> None:
+    """Give a temp folder (0700) or temp file (0600) the permissions a plain mkdir or
+    open would have (the umask's), before it is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~umask)
+        for p in path.rglob("*"):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+    else:
+        os.chmod(path, 0o666 & ~umask)
+
+
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe")
 
 
@@ -268,6 +282,7 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
+        usual_permissions(tmp)
         if dst.exists() or dst.is_symlink():
             # Move the old folder aside (a unique name), swap the new one in, and put
             # the old one back if the swap fails: at every moment one of them is whole.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
-from ..io.checkpoint import _read_safetensors
+from ..io.checkpoint import _read_safetensors, usual_permissions
 from .config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -85,6 +85,7 @@ def _write_atomic(folder: Path, files: dict[str, callable]) -> None:
             os.close(fd)
             tmps[name] = tmp
             write(tmp)
+            usual_permissions(Path(tmp))
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             os.replace(tmps.pop(name), folder / name)
     finally:

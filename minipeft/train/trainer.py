@@ -243,6 +243,8 @@ class Trainer:
         """output_dir/checkpoint-<step>/: the trained tensors, AdamW's moments, the state
         (written to a temp folder, then renamed: a killed save leaves no half checkpoint)."""
         from safetensors.numpy import save_file
+
+        from ..io.checkpoint import usual_permissions
         dst = self.output_dir / f"checkpoint-{self.step}"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=self.output_dir))
@@ -258,6 +260,7 @@ class Trainer:
             (tmp / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
             if hasattr(self.model, "save_pretrained") and hasattr(self.model, "peft_config"):
                 self.model.save_pretrained(tmp / "adapter", selected_adapters=[self.model.active_adapter])
+            usual_permissions(tmp)
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(tmp, dst)
