@@ -8,6 +8,9 @@ One forward pass, top to bottom:
         x = x + mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))         feed-forward, width 4C
     logits = ln_f(x) @ wte.T                                (B, T, V) lm_head tied to wte
 
+For generation, `forward` also takes a KV cache (`past_key_values`): the keys and
+values of the tokens already seen, so that each new token runs alone (generate.py).
+
 `backward` walks the same lines bottom to top. Every linear layer goes through
 `_linear` / `_linear_backward` with its checkpoint name, the one place where PEFT
 methods hook in. The only state shared between forward and backward is the
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import GPT2Config
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
 from ..ops import (attention_backward, attention_forward, attention_mask_allowed,
                    cross_entropy_backward, cross_entropy_forward, embedding_backward,
@@ -28,7 +31,9 @@ from ..ops import (attention_backward, attention_forward, attention_mask_allowed
                    layernorm_forward, linear_backward, linear_forward, merge_heads,
                    merge_heads_backward, residual_backward, residual_forward, shift_labels,
                    split_heads, split_heads_grad)
-from .inputs import check_attention_mask, check_input_ids, check_labels
+from .generate import generate as _generate
+from .inputs import (check_attention_mask, check_input_ids, check_labels, check_past_key_values,
+                     check_position_ids)
 
 DTYPES = (np.float32, np.float64)
 
@@ -81,20 +86,34 @@ class GPT2:
         """-> logits (B, T, V)."""
         return self.forward(input_ids, attention_mask)[0]
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=False):
         """-> (logits (B, T, V), cache). The cache also keeps `hidden_states`:
-        the embedding output and every block's output, for comparisons."""
+        the embedding output and every block's output, for comparisons.
+
+        KV cache (for generation, see model/generate.py): ``past_key_values`` is a list,
+        per layer, of the (k, v) arrays (B, NH, T_past, hs) of the tokens already seen;
+        the T new tokens attend to those keys and their own, and take positions
+        T_past .. T_past + T - 1 unless ``position_ids`` (B|1, T) says otherwise.
+        ``attention_mask`` then covers past + new tokens, (B, T_past + T). With
+        ``use_cache`` the cache returns ``present_key_values``: past + new, (B, NH, T_past + T, hs).
+        ``backward`` needs a forward without ``past_key_values``.
+        """
         cfg, P = self.config, self.params
         ids = check_input_ids(input_ids, cfg.vocab_size, cfg.n_positions)
-        mask = check_attention_mask(attention_mask, ids.shape)
         B, T = ids.shape
-        pos = np.arange(T)[None, :]                                     # (1, T)
+        past = check_past_key_values(past_key_values, ids.shape, cfg, self.dtype)  # T_past (0: none)
+        mask = check_attention_mask(attention_mask, ids.shape, past)    # (B, T_past + T) or None
+        pos = check_position_ids(position_ids, ids.shape, cfg.n_positions)
+        if pos is None:
+            pos = np.arange(past, past + T)[None, :]                    # (1, T)
         x, emb_cache = embedding_forward(ids, P["transformer.wte.weight"],
                                          P["transformer.wpe.weight"], pos)  # (B, T, C)
-        allowed = attention_mask_allowed(T, T, mask)                     # (B|1, 1, T, T)
+        allowed = attention_mask_allowed(T, past + T, mask)             # (B|1, 1, T, T_past + T)
         hidden_states, layer_caches = [x], []
         for i in range(cfg.n_layer):
-            x, layer_cache = self._block_forward(i, x, allowed)
+            layer_past = past_key_values[i] if past else None          # (k, v) or None
+            x, layer_cache = self._block_forward(i, x, allowed, layer_past)
             hidden_states.append(x)
             layer_caches.append(layer_cache)
         xf, lnf_cache = layernorm_forward(x, P["transformer.ln_f.weight"],
@@ -106,16 +125,23 @@ class GPT2:
             "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
             "xf": xf,                    # (B, T, C) input of the lm_head
             "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
+            "past_length": past,         # T_past: backward needs 0
         }
+        if use_cache:                    # L pairs (B, NH, T_past + T, hs)
+            cache["present_key_values"] = [c["present"] for c in layer_caches]
         return logits, cache
 
-    def _block_forward(self, i: int, x, allowed):
-        """One transformer block: (B, T, C) -> (B, T, C), cache."""
+    def _block_forward(self, i: int, x, allowed, layer_past=None):
+        """One transformer block: (B, T, C) -> (B, T, C), cache.
+        ``layer_past``: this layer's cached (k, v), each (B, NH, T_past, hs)."""
         cfg, P, h = self.config, self.params, f"transformer.h.{i}"
         eps = cfg.layer_norm_epsilon
         ln1, ln1_c = layernorm_forward(x, P[f"{h}.ln_1.weight"], P[f"{h}.ln_1.bias"], eps)
         qkv, c_attn_c = self._linear(f"{h}.attn.c_attn", ln1)          # (B, T, 3C)
         q, k, v = split_heads(qkv, cfg.n_head)                          # (B, NH, T, hs) each
+        if layer_past is not None:                                      # KV cache: prepend the past
+            k = np.concatenate([layer_past[0], k], axis=2)              # (B, NH, T_past + T, hs)
+            v = np.concatenate([layer_past[1], v], axis=2)              # (B, NH, T_past + T, hs)
         y, attn_c = attention_forward(q, k, v, allowed)                 # (B, NH, T, hs)
         a, c_proj_c = self._linear(f"{h}.attn.c_proj", merge_heads(y))  # (B, T, C)
         x2, _ = residual_forward(x, a)
@@ -126,8 +152,19 @@ class GPT2:
         x3, _ = residual_forward(x2, m)
         cache = {"ln_1": ln1_c, "attn.c_attn": c_attn_c, "attn": attn_c,
                  "attn.c_proj": c_proj_c, "ln_2": ln2_c, "mlp.c_fc": c_fc_c,
-                 "gelu": gelu_c, "mlp.c_proj": mlp_proj_c}
+                 "gelu": gelu_c, "mlp.c_proj": mlp_proj_c,
+                 "present": (k, v)}                                     # the KV cache, past + new
         return x3, cache
+
+    def generate(self, input_ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=None,
+                 top_p=None, seed=None, attention_mask=None, eos_token_id="auto",
+                 pad_token_id=None) -> np.ndarray:
+        """-> (B, T + new) int64 token ids, greedy or sampled, with a KV cache
+        (see model/generate.py)."""
+        return _generate(self, input_ids, max_new_tokens, do_sample=do_sample,
+                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         attention_mask=attention_mask, eos_token_id=eos_token_id,
+                         pad_token_id=pad_token_id)
 
     def _linear(self, name: str, x):
         """The Conv1D called ``name`` (PEFT methods override this): -> (out, cache)."""
@@ -137,6 +174,9 @@ class GPT2:
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
         """dlogits (B, T, V) -> gradient of every trainable parameter, by name."""
         cfg, P = self.config, self.params
+        if cache.get("past_length", 0):
+            raise InputError("backward through a KV cache is not supported: run forward on the "
+                             "whole sequence (no past_key_values) before backward.")
         grads: dict[str, np.ndarray] = {}
         wte = P["transformer.wte.weight"]
         dlogits = np.asarray(dlogits, dtype=self.dtype)

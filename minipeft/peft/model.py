@@ -306,10 +306,12 @@ class PeftModel(GPT2):
         return {(self._peft_bias_name(k) if not k.startswith(PREFIX) else k): v
                 for k, v in grads.items()}
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False):
         if not self.peft_config:
             raise ConfigError("this PeftModel has no adapter left; add_adapter one.")
-        return super().forward(input_ids, attention_mask)
+        return super().forward(input_ids, attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=use_cache)
 
     # ------------------------------------------------------------ merging
     def merge_adapter(self):
