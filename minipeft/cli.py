@@ -21,6 +21,124 @@ def _convert(args) -> None:
           f"{n:,} parameters (float32 safetensors)")
 
 
+def _demo(args) -> None:
+    from .demo import DemoConfig, run_demo
+    cfg = DemoConfig(steps=args.steps, seed=args.seed)
+    if args.quick:                                  # a smoke run: seconds, not a minute
+        cfg = DemoConfig(steps=args.steps if args.steps != DemoConfig.steps else 8, n_train=64,
+                         n_eval=8, max_new_tokens=12, seed=args.seed)
+    run_demo(cfg, out=args.out, overwrite=args.overwrite, progress=not args.no_progress)
+
+
+def _pretrain(args) -> None:
+    from .train.pretrain import PretrainConfig, pretrain
+    cfg = PretrainConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+                         n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size,
+                         steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+                         seed=args.seed)
+    info = pretrain(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"pretrained {info['parameters']:,} parameters in {info['seconds']:.0f} s: "
+          f"train loss {info['final_train_loss']:.4f}, val loss {info['final_val_loss']:.4f} -> {args.out}")
+
+
+def _lora_config(args):
+    from .peft import LoraConfig
+    targets = args.target_modules
+    targets = targets if targets == "all-linear" else [t for t in targets.split(",") if t]
+    return LoraConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=targets, bias=args.bias, use_rslora=args.use_rslora,
+                      use_dora=args.use_dora, fan_in_fan_out=True)
+
+
+def _finetune(args) -> None:
+    import warnings
+    from pathlib import Path
+
+    from . import GPT2, get_peft_model, load_tokenizer
+    from .train.data import encode_examples, read_jsonl
+    from .train.trainer import Trainer, TrainingArguments, example_batches
+    from .train.data import batches
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
+        raise MinipeftError(f"{out} exists and is not empty; choose another folder, pass --resume "
+                            "to continue its run, or --overwrite.")
+    model = GPT2.from_pretrained(args.model)
+    tok = load_tokenizer(args.tokenizer or args.model)
+    eos = tok.token_to_id("<|endoftext|>")
+    max_length = args.max_length or model.config.n_positions
+    encoded = encode_examples(read_jsonl(args.data), tok, max_length, eos, truncate=args.truncate)
+    eval_batches = None
+    if args.eval_data:
+        eval_enc = encode_examples(read_jsonl(args.eval_data), tok, max_length, eos, truncate=args.truncate)
+        eval_batches = batches(eval_enc, args.batch_size, args.seed, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(model, _lora_config(args), seed=args.seed)
+    pm.print_trainable_parameters()
+    targs = TrainingArguments(learning_rate=args.lr, max_steps=args.steps,
+                              gradient_accumulation_steps=args.grad_accum, warmup_steps=args.warmup_steps,
+                              lr_scheduler_type=args.schedule, weight_decay=args.weight_decay,
+                              max_grad_norm=args.max_grad_norm or None,
+                              eval_steps=args.eval_steps if eval_batches else None,
+                              save_steps=args.save_steps or args.steps, seed=args.seed)
+    trainer = Trainer(pm, targs, example_batches(encoded, args.batch_size, args.seed, args.grad_accum),
+                      eval_batches=eval_batches, output_dir=out, progress=not args.no_progress)
+    history = trainer.train(resume_from_checkpoint=True if args.resume else None)
+    pm.save_pretrained(out / "adapter")
+    from .demo import plot_losses
+    plot_losses(history, out / "loss.png")
+    last = history[-1] if history else {}
+    print(f"trained {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}"
+          + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
+          + f"; adapter (peft's format) in {out / 'adapter'}, plot in {out / 'loss.png'}")
+
+
+def _generate(args) -> None:
+    import numpy as np
+
+    from . import GPT2, PeftModel, load_tokenizer
+    model = GPT2.from_pretrained(args.model)
+    tok = load_tokenizer(args.tokenizer or args.model)
+    if args.adapter:
+        model = PeftModel.from_pretrained(model, args.adapter)
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        raise MinipeftError("the prompt is empty; give some text to continue.")
+    eos = tok.token_to_id("<|endoftext|>")
+    out = model.generate(np.array([ids]), args.max_new_tokens, do_sample=args.do_sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, eos_token_id=eos, pad_token_id=eos)
+    print(tok.decode(list(out[0]), skip_special_tokens=True))
+
+
+def _merge(args) -> None:
+    import shutil
+    from pathlib import Path
+
+    from . import GPT2, PeftModel
+    from .io.checkpoint import TOKENIZER_FILES, resolve_model_folder
+    pm = PeftModel.from_pretrained(GPT2.from_pretrained(args.model), args.adapter)
+    merged = pm.merge_and_unload()
+    dst = merged.save_pretrained(args.out, overwrite=args.overwrite)
+    src = resolve_model_folder(args.model)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+    print(f"merged {args.adapter} into {args.model} -> {dst} (a plain GPT-2 folder)")
+
+
+def _info(args) -> None:
+    from .info import print_info
+    print_info(args.model, r=args.r)
+
+
+def _training_flags(p, steps, lr):
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    p.add_argument("--seed", type=int, default=0, help="makes the run repeatable (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minipeft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -33,6 +151,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output folder, e.g. weights/gpt2")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("demo", help="the main job: LoRA fine-tuning of the bundled model, offline",
+                       description="Fine-tune the bundled tiny-shakespeare GPT-2 with LoRA to write "
+                       "restaurant descriptions: before/after outputs and scores, a loss plot and "
+                       "the adapter in peft's format.")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default: minipeft-demo-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--quick", action="store_true", help="a few steps on a few examples (a smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("pretrain", help="train a tokenizer and a small GPT-2 from scratch on a text file",
+                       description="How the bundled model is made (see weights/README.md).")
+    p.add_argument("data", help="a UTF-8 text file")
+    p.add_argument("out", help="output folder, e.g. weights/tiny-shakespeare")
+    for flag, default in (("vocab-size", 2048), ("n-layer", 4), ("n-head", 4), ("n-embd", 128),
+                          ("block-size", 128), ("batch-size", 16), ("warmup-steps", 100)):
+        p.add_argument(f"--{flag}", type=int, default=default, help=f"(default {default})")
+    _training_flags(p, 1500, 3e-3)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("finetune", help="LoRA fine-tuning on JSONL prompt/completion data",
+                       description="Each line of DATA is {\"prompt\": ..., \"completion\": ...}; "
+                       "the loss counts the completion tokens only.")
+    p.add_argument("model", help="a model folder or name (e.g. tiny-shakespeare)")
+    p.add_argument("data", help="training data, JSONL")
+    p.add_argument("out", help="output folder: checkpoints, adapter/, loss.png")
+    p.add_argument("--eval-data", help="held-out JSONL: eval loss and perplexity")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument("--method", choices=["lora"], default="lora")
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", default="c_attn",
+                   help="comma-separated (c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj) or all-linear")
+    p.add_argument("--bias", choices=["none", "all", "lora_only"], default="none")
+    p.add_argument("--use-rslora", action="store_true")
+    p.add_argument("--use-dora", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--schedule", choices=["constant", "linear", "cosine"], default="linear")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="0: no clipping")
+    p.add_argument("--max-length", type=int, help="longest example in tokens (default n_positions)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut long prompts from the left instead of refusing them")
+    p.add_argument("--eval-steps", type=int, default=50)
+    p.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
+    p.add_argument("--overwrite", action="store_true")
+    _training_flags(p, 200, 3e-3)
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("generate", help="continue a prompt (greedy or sampled), with an adapter or not")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    p.add_argument("--adapter", help="a LoRA adapter folder (peft's format)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its model: a plain GPT-2 folder")
+    p.add_argument("model")
+    p.add_argument("adapter")
+    p.add_argument("out")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("info", help="parameters and training memory per PEFT method")
+    p.add_argument("model", nargs="?", default="tiny-shakespeare")
+    p.add_argument("--r", type=int, default=8, help="LoRA rank for the table (default 8)")
+    p.set_defaults(func=_info)
     return parser
 
 
