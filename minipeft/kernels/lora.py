@@ -5,29 +5,30 @@ here has the same signature and returns the same values, cache tuples included,
 so the two replace each other one for one; tests/test_lora_kernels.py holds them
 equal. Each loop quotes the twin line it implements. What each kernel fuses:
 
-    lora_forward      the scaling folded into B (out, r) rather than a pass over
-                      delta (N, out); the dropout multiply is one loop
-    lora_backward     the dropout mask applied to dx in place
+    lora_forward      the dropout multiply in one loop; the scaling folded into B (out, r)
+                      rather than a pass over delta (N, out)
+    lora_backward     the scaling folded into B; the dropout mask applied to dx in one loop
     dora_weight_norm  W + s (BA)ᵀ, its square and the sum over `in` in one pass
     dora_forward      (g − 1) ⊙ base + g ⊙ delta in one pass, no temporaries
     dora_backward     dbase, ddelta and the dmagnitude reduction in one pass
 
-Design, measured at N=512, in=768, out=2304, r=8, float32 (2-core CPU, OpenBLAS):
+Design, measured on this project's 2-core machine:
 
-* The products go to BLAS through np.dot (scipy's OpenBLAS, as Numba links it).
-  Loops lose: with fastmath=False LLVM may not reorder a floating-point sum, so a
-  reduction does not vectorise. Written as loops, forward took 1.8 ms (0.92 ms with
-  prange) and backward over 6.7 ms (6.2 ms with prange), against 0.42 and 0.96 ms below.
-* Serial, no parallel=True: prange halved the DoRA loops timed alone, but Numba's
-  OpenMP threads keep spinning after a parallel loop and starve the next OpenBLAS
-  call (a prange loop then a small matmul: 8.1 ms a pair against 0.5 ms serial;
-  cf. OpenBLAS issue #3187). In a training step every kernel sits between BLAS calls.
-* Kernel against twin, median of 50 calls:
-      lora_forward       0.42 ms vs 0.66 ms    with dropout 0.60 vs 0.90 ms
-      lora_backward      0.96 ms vs 0.88 ms    with dropout 1.05 vs 1.07 ms
-      dora_weight_norm   0.97 ms vs 17.9 ms    (the twin adds W to a transposed view)
-      dora_forward       0.57 ms vs 1.51 ms
-      dora_backward      0.95 ms vs 1.87 ms
+* The matrix products stay with NumPy's BLAS, called from the Python wrappers. Written
+  as Numba loops they lose (fastmath off: LLVM may not reorder a floating-point sum, so
+  a reduction does not vectorise; forward 1.8 ms against 0.4 ms at N=512, in=768,
+  out=2304, r=8). Calling np.dot *inside* a kernel is worse in a real step: Numba
+  links scipy's own OpenBLAS, a second thread pool that fights NumPy's, and a LoRA
+  training step of the bundled model took 600 ms instead of 190 ms.
+* Serial, no parallel=True: Numba's OpenMP threads keep spinning after a prange loop
+  and starve the next BLAS call (a prange loop then a small matmul: 8.1 ms against
+  0.5 ms serial; cf. OpenBLAS issue #3187). Every kernel here sits between BLAS calls.
+* Kernel against twin, float32, N=512, in=768, out=2304, r=8, with dropout:
+      lora_forward       0.66 ms vs 0.92 ms
+      lora_forward + lora_backward   2.1 ms vs 2.4 ms
+      dora_weight_norm   1.0 ms vs 2.4 ms
+  A LoRA training step of the bundled model (batch 16 × 108): 185–200 ms with the
+  kernels, 210–220 ms with the twins; full fine-tuning of all its parameters 171 ms.
 """
 from __future__ import annotations
 
@@ -43,64 +44,51 @@ def _c(a, dtype):
 
 
 # ------------------------------------------------------------------ LoRA
+# The products go to NumPy's BLAS from the Python wrapper; the kernels fuse what is
+# elementwise around them.
 @njit(**_jit)
-def _lora_forward(x, A, Bs, mask):
+def _masked(x, mask):
     N, n_in = x.shape
-    if mask is None:                       # xd = x if mask is None else x * mask
-        xd = x
-    else:
-        xd = np.empty_like(x)                                   # (N, in)
-        for n in range(N):
-            for i in range(n_in):
-                xd[n, i] = x[n, i] * mask[n, i]
-    u = np.dot(xd, A.T)                    # u = xd @ A.T                  (N, r)
-    delta = np.dot(u, Bs.T)                # delta = u @ B.T; delta *= scaling, Bs = s·B
-    return delta, xd, u                                         # (N, out)
+    out = np.empty_like(x)                                      # (N, in)
+    for n in range(N):                     # xd = x * mask  /  dx *= mask
+        for i in range(n_in):
+            out[n, i] = x[n, i] * mask[n, i]
+    return out
 
 
 def lora_forward(x, A, B, scaling, mask=None):
     """x (N, in) -> the update s · drop(x) Aᵀ Bᵀ (N, out); cache (xd, u)."""
     dt = np.result_type(x, A, B)
-    Bs = _c(B, dt) * dt.type(scaling)                           # (out, r)
-    m = None if mask is None else _c(mask, dt)
-    delta, xd, u = _lora_forward(_c(x, dt), _c(A, dt), Bs, m)
+    x = _c(x, dt)
+    xd = x if mask is None else _masked(x, _c(mask, dt))       # (N, in)  drop(x)
+    u = xd @ _c(A, dt).T                                        # (N, r)   down-projection
+    delta = u @ (_c(B, dt) * dt.type(scaling)).T               # (N, out) scaling folded into B (out, r)
     return delta, (xd, u)
-
-
-@njit(**_jit)
-def _lora_backward(ddelta, xd, u, A, B, s, mask):
-    dB = np.dot(ddelta.T, u)               # dB = scaling * (ddelta.T @ u)  (out, r)
-    dB *= s
-    du = np.dot(ddelta, B)                 # du = scaling * (ddelta @ B)    (N, r)
-    du *= s
-    dA = np.dot(du.T, xd)                  # dA = du.T @ xd                 (r, in)
-    dx = np.dot(du, A)                     # dx = du @ A                    (N, in)
-    if mask is not None:                   # dx *= mask
-        N, n_in = dx.shape
-        for n in range(N):
-            for i in range(n_in):
-                dx[n, i] *= mask[n, i]
-    return dx, dA, dB
 
 
 def lora_backward(ddelta, cache, A, B, scaling, mask=None):
     """ddelta (N, out) -> (dx (N, in), dA (r, in), dB (out, r))."""
     xd, u = cache
     dt = np.result_type(ddelta, A, B)
-    m = None if mask is None else _c(mask, dt)
-    return _lora_backward(_c(ddelta, dt), _c(xd, dt), _c(u, dt), _c(A, dt), _c(B, dt),
-                          dt.type(scaling), m)
+    s = dt.type(scaling)
+    ddelta = _c(ddelta, dt)
+    dB = (ddelta.T @ u) * s                                     # (out, r)
+    du = ddelta @ (_c(B, dt) * s)                               # (N, r)   scaling folded into B
+    dA = du.T @ xd                                              # (r, in)
+    dx = du @ _c(A, dt)                                         # (N, in)
+    if mask is not None:
+        dx = _masked(dx, _c(mask, dt))
+    return dx, dA, dB
 
 
 # ------------------------------------------------------------------ DoRA
 @njit(**_jit)
-def _dora_weight_norm(W, A, B, s):
+def _column_norms(W, D):
     n_in, n_out = W.shape
-    BA_T = np.dot(A.T, B.T)                # delta_weight = scaling * (B @ A).T   (in, out)
     sq = np.zeros(n_out, W.dtype)                               # (out,)
     for i in range(n_in):                  # merged = W + delta_weight
         for o in range(n_out):             # np.sum(merged * merged, axis=0)
-            w = W[i, o] + s * BA_T[i, o]
+            w = W[i, o] + D[i, o]
             sq[o] += w * w
     return np.sqrt(sq)                     # np.sqrt(...)
 
@@ -108,7 +96,8 @@ def _dora_weight_norm(W, A, B, s):
 def dora_weight_norm(W, A, B, scaling):
     """‖W0 + s (BA)ᵀ‖ over `in` for each output column: (out,). Treated as a constant."""
     dt = np.result_type(W, A, B)
-    return _dora_weight_norm(_c(W, dt), _c(A, dt), _c(B, dt), dt.type(scaling))
+    D = _c(A, dt).T @ (_c(B, dt) * dt.type(scaling)).T          # (in, out) s (BA)ᵀ
+    return _column_norms(_c(W, dt), D)
 
 
 @njit(**_jit)
