@@ -25,8 +25,8 @@ def _demo(args) -> None:
     from .demo import DemoConfig, run_demo
     cfg = DemoConfig(steps=args.steps, seed=args.seed)
     if args.quick:                                  # a smoke run: seconds, not a minute
-        cfg = DemoConfig(steps=args.steps if args.steps != DemoConfig.steps else 8, n_train=64,
-                         n_eval=8, max_new_tokens=12, seed=args.seed)
+        cfg = DemoConfig(steps=args.steps if args.steps != DemoConfig.steps else 60, n_train=200,
+                         n_eval=8, max_new_tokens=24, seed=args.seed)
     run_demo(cfg, out=args.out, overwrite=args.overwrite, progress=not args.no_progress)
 
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the bundled tiny-shakespeare GPT-2 with LoRA to write "
                        "restaurant descriptions: before/after outputs and scores, a loss plot and "
                        "the adapter in peft's format.")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: minipeft-demo-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")

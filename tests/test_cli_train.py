@@ -1,0 +1,121 @@
+"""The commands a user runs, offline, on the bundled model: demo, finetune (and resume),
+generate, merge, info, pretrain — and their errors, printed without a traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from minipeft import GPT2, PeftModel
+from minipeft.cli import main
+from minipeft.io.paths import bundled_dir
+from minipeft.tasks.restaurants import make_examples
+
+BUNDLED = "tiny-shakespeare"
+pytestmark = pytest.mark.skipif(bundled_dir(BUNDLED) is None,
+                                reason="the bundled model weights/tiny-shakespeare is missing")
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_demo_short_run_improves_the_metric(tmp_path, capsys):
+    rc, out, err = run(capsys, "demo", "--quick", "--out", tmp_path / "demo", "--no-progress")
+    assert rc == 0, err
+    for text in ("trainable params:", "Before fine-tuning", "After fine-tuning", "exact match",
+                 "Saved to"):
+        assert text in out
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["after"]["slot_error"] < metrics["before"]["slot_error"]
+    assert (tmp_path / "demo" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "adapter" / "adapter_model.safetensors").is_file()
+    rc, _, err = run(capsys, "demo", "--quick", "--out", tmp_path / "demo", "--no-progress")
+    assert rc == 1 and "exists and is not empty" in err and "Traceback" not in err
+
+
+def write_jsonl(path, examples):
+    path.write_text("".join(json.dumps({"prompt": e["prompt"], "completion": e["completion"]}) + "\n"
+                            for e in examples))
+    return path
+
+
+def test_finetune_resume_generate_merge(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(48, seed=1))
+    held = write_jsonl(tmp_path / "eval.jsonl", make_examples(8, seed=2))
+    common = ["--batch-size", 8, "--save-steps", 2, "--eval-steps", 2, "--no-progress",
+              "--target-modules", "c_attn,mlp.c_fc"]
+    rc, out, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--eval-data", held,
+                       "--steps", 4, *common)
+    assert rc == 0, err
+    assert "trainable params:" in out and "eval loss" in out
+    rc, out, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--eval-data", held,
+                       "--steps", 6, "--resume", *common)
+    assert rc == 0, err
+    assert "trained 6 steps" in out
+    adapter = tmp_path / "run" / "adapter"
+    rc, out, err = run(capsys, "generate", BUNDLED, make_examples(1, seed=3)[0]["prompt"],
+                       "--adapter", adapter, "--max-new-tokens", 8)
+    assert rc == 0 and out.strip(), err
+    rc, out, err = run(capsys, "merge", BUNDLED, adapter, tmp_path / "merged")
+    assert rc == 0, err
+    ids = np.array([[5, 6, 7, 8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = PeftModel.from_pretrained(GPT2.from_pretrained(BUNDLED), adapter)
+    merged = GPT2.from_pretrained(tmp_path / "merged")
+    assert np.max(np.abs(merged(ids) - pm(ids))) < 1e-4 * np.max(np.abs(pm(ids)))  # float32 merge
+    assert (tmp_path / "merged" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": " b"}\nnot json\n', "line 3"),
+    ("", "no examples"),
+    ('{"prompt": "a"}\n', "line 1"),
+])
+def test_finetune_bad_data_is_reported_without_a_traceback(tmp_path, capsys, content, message):
+    (tmp_path / "bad.jsonl").write_text(content)
+    rc, _, err = run(capsys, "finetune", BUNDLED, tmp_path / "bad.jsonl", tmp_path / "out",
+                     "--steps", 1, "--no-progress")
+    assert rc == 1 and message in err and "Traceback" not in err
+    assert err.startswith("minipeft finetune: error:")
+
+
+def test_finetune_refuses_an_occupied_output_folder(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(8, seed=1))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    rc, _, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "out", "--steps", 1)
+    assert rc == 1 and "exists and is not empty" in err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_info_table(capsys):
+    rc, out, err = run(capsys, "info", BUNDLED)
+    assert rc == 0, err
+    for text in ("full fine-tuning", "LoRA  c_attn", "DoRA  c_attn", "train memory"):
+        assert text in out
+
+
+def test_pretrain_smoke_and_python_dash_m(tmp_path, capsys):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n".join(e["completion"] for e in make_examples(300, seed=4)))
+    rc, out, err = run(capsys, "pretrain", text, tmp_path / "m", "--vocab-size", 300, "--n-layer", 1,
+                       "--n-head", 2, "--n-embd", 16, "--block-size", 16, "--batch-size", 4,
+                       "--steps", 3, "--warmup-steps", 1, "--no-progress")
+    assert rc == 0, err
+    model = GPT2.from_pretrained(tmp_path / "m")
+    assert model.config.vocab_size == 300 and (tmp_path / "m" / "checksums.json").is_file()
+    (tmp_path / "m" / "model.safetensors").write_bytes(
+        (tmp_path / "m" / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    rc, _, err = run(capsys, "info", tmp_path / "m")
+    assert rc == 1 and "does not match its checksum" in err
+    result = subprocess.run([sys.executable, "-m", "minipeft", "demo", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--steps" in result.stdout
