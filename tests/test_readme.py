@@ -30,3 +30,14 @@ def test_readme_lora_example_runs(tmp_path):
     assert "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" in result.stdout
     assert "(1, 5, 50257)" in result.stdout
     assert (tmp_path / "out" / "my-lora" / "adapter_model.safetensors").is_file()
+
+
+def test_readme_training_example_runs(tmp_path):
+    """The training section's example (bundled model, 60 LoRA steps, a checkpoint, generation)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    code = next(b for b in blocks if "Trainer(" in b)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert (tmp_path / "out" / "run" / "checkpoint-60" / "adapter" / "adapter_model.safetensors").is_file()

@@ -120,3 +120,24 @@ def test_bad_arguments():
         TrainingArguments(lr_scheduler_type="exponential")
     with pytest.raises(ConfigError, match="no token to predict"):
         evaluate(lora_model(), [(np.array([[1, 2]]), np.array([[-100, -100]]), None)])
+
+
+def test_a_failed_checkpoint_save_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import safetensors.numpy
+    t = make_trainer(lora_model(), tmp_path, steps=2)
+    t.train()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def half_then_fail(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
+    t.args.max_steps = 4
+    with pytest.raises(OSError, match="disk full"):
+        t.train()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before   # no temp left
+    monkeypatch.undo()
+    resumed = make_trainer(lora_model(), tmp_path, steps=4)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.step == 4
