@@ -11,6 +11,16 @@ import sys
 from .errors import MinipeftError
 
 
+def _check_flags(args, **rules) -> None:
+    """Refuse a bad flag value before any work, naming the flag as typed: a rule is the
+    least value (an int: >= it) or 0.0 (> 0). argparse has already checked the types."""
+    for name, low in rules.items():
+        value = getattr(args, name)
+        if value is not None and (value <= low if isinstance(low, float) else value < low):
+            rule = "> 0" if isinstance(low, float) else f">= {low}"
+            raise MinipeftError(f"--{name.replace('_', '-')} must be {rule}, got {value}.")
+
+
 def _convert(args) -> None:
     from .io.checkpoint import convert_checkpoint, load_folder
     dst = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
@@ -23,6 +33,7 @@ def _convert(args) -> None:
 
 def _demo(args) -> None:
     from .demo import DemoConfig, run_demo
+    _check_flags(args, steps=1, seed=0)
     cfg = DemoConfig(steps=args.steps, seed=args.seed)
     if args.quick:                                  # a smoke run: seconds, not a minute
         cfg = DemoConfig(steps=args.steps if args.steps != DemoConfig.steps else 60, n_train=200,
@@ -32,6 +43,8 @@ def _demo(args) -> None:
 
 def _pretrain(args) -> None:
     from .train.pretrain import PretrainConfig, pretrain
+    _check_flags(args, vocab_size=1, n_layer=1, n_head=1, n_embd=1, block_size=1, batch_size=1,
+                 warmup_steps=0, steps=1, lr=0.0, seed=0)
     cfg = PretrainConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                          n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size,
                          steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -58,6 +71,9 @@ def _finetune(args) -> None:
     from .train.data import encode_examples, read_jsonl
     from .train.trainer import Trainer, TrainingArguments, example_batches
     from .train.data import batches
+    _check_flags(args, r=1, lora_alpha=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
+                 weight_decay=0, max_grad_norm=0, max_length=2, eval_steps=1, save_steps=1,
+                 steps=1, lr=0.0, seed=0)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
         raise MinipeftError(f"{out} exists and is not empty; choose another folder, pass --resume "
@@ -97,6 +113,7 @@ def _generate(args) -> None:
     import numpy as np
 
     from . import GPT2, PeftModel, load_tokenizer
+    _check_flags(args, max_new_tokens=0, top_k=1, seed=0)
     model = GPT2.from_pretrained(args.model)
     tok = load_tokenizer(args.tokenizer or args.model)
     if args.adapter:

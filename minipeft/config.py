@@ -6,6 +6,8 @@ The same six numbers describe every GPT-2 size: 124M is (12, 12, 768), medium
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import numbers
 from dataclasses import dataclass
@@ -24,6 +26,25 @@ _HF_UNSUPPORTED = {
 }
 
 
+def refuse_unknown_fields(cls):
+    """Class decorator for a config dataclass: a keyword it lacks (a typo such as
+    ``LoraConfig(rank=8)``) is a ConfigError naming the fields, not a bare TypeError."""
+    init, fields = cls.__init__, [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in fields]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], fields, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{cls.__name__} has no field {unknown[0]!r}.{hint} Its fields: "
+                              f"{', '.join(fields)}.")
+        init(self, *args, **kwargs)
+    cls.__init__ = __init__
+    return cls
+
+
+@refuse_unknown_fields
 @dataclass(frozen=True)
 class GPT2Config:
     n_layer: int = 12                  # transformer blocks
@@ -104,7 +125,11 @@ class GPT2Config:
     def from_json_file(cls, path: str | Path) -> "GPT2Config":
         path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            d = json.loads(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"Cannot read {path}: {e}. It should be a GPT-2 config.json.") from None
+            what = "the file is empty" if isinstance(e, json.JSONDecodeError) and not text.strip() \
+                else str(e)
+            raise ConfigError(f"Cannot read {path}: {what}. It should be a GPT-2 config.json (a JSON "
+                              "object); save or convert the model again.") from None
         return cls.from_dict(d)

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .config import refuse_unknown_fields
+from .errors import ConfigError, InputError
 
 BUNDLED = "tiny-shakespeare"
 
 
+@refuse_unknown_fields
 @dataclass
 class DemoConfig:
     steps: int = 300
@@ -35,6 +37,16 @@ class DemoConfig:
     n_eval: int = 50
     max_new_tokens: int = 40
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "r", "n_train", "n_eval", "max_new_tokens", "seed"):
+            v, least = getattr(self, name), 0 if name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"the demo's {name} must be an integer >= {least}, got {v!r}.")
+        for name in ("learning_rate", "lora_alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ConfigError(f"the demo's {name} must be a number > 0, got {v!r}.")
 
 
 def greedy_completions(model, tok, prompts, max_new_tokens, eos_id) -> list[str]:

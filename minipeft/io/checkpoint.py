@@ -85,7 +85,8 @@ def _to_float32(name, array, source):
     array = np.asarray(array)
     if array.dtype.kind != "f":
         raise CheckpointError(
-            f"{source}: tensor {name} has dtype {array.dtype}; GPT-2 weights are floats.")
+            f"{source}: tensor {name} has dtype {array.dtype}; GPT-2 weights are floats. The "
+            "file is not a GPT-2 checkpoint; convert or download the original folder again.")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -123,9 +124,26 @@ def _read_safetensors(path: Path) -> dict:
                 raise
             return _read_bfloat16_safetensors(path)
     except (SafetensorError, OSError, ValueError, TypeError, KeyError) as e:
+        pickled = _looks_pickled(path)
         raise CheckpointError(
             f"Cannot read {path}: {e}. The file is corrupt, truncated or not safetensors; "
-            "convert or download it again.") from None
+            "convert or download it again." + (
+                " It looks like a pickle (torch.save), which minipeft never loads under a "
+                "safetensors name (unpickling can run code): save it with safetensors "
+                "(safe_serialization=True) or `minipeft convert` its original folder."
+                if pickled else "")) from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Does the file start as a pickle (protocol 2-5) or a torch.save zip archive does?
+    (A safetensors file starts with its header's length, then "{" at byte 8.)"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    return (pickle or head[:4] == b"PK\x03\x04") and head[8:9] != b"{"
 
 
 def _read_bin(path: Path) -> dict:
@@ -182,7 +200,8 @@ def verify_checksums(folder: Path) -> None:
     try:
         sums = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it (git checkout -- "
+                              "weights/) or delete it to skip the check.") from None
     for name, expected in sums.items():
         h = hashlib.sha256()
         try:
@@ -206,7 +225,8 @@ def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise WeightsNotFoundError(
-            f"{folder} has no config.json, so it is not a GPT-2 checkpoint folder.")
+            f"{folder} has no config.json, so it is not a GPT-2 checkpoint folder. Give the "
+            "folder that model.save_pretrained or `minipeft convert` wrote.")
     config = GPT2Config.from_json_file(config_path)
     verify_checksums(folder)
     kind, files = _weight_files(folder)
@@ -321,6 +341,10 @@ def resolve_model_folder(path_or_name: str | Path) -> Path:
     from .hub import fetch_and_convert
     from .paths import HUB_NAMES, bundled_dir, bundled_names
 
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise WeightsNotFoundError(
+            f"A model is a folder path or a name (a str), got {type(path_or_name).__name__} "
+            f"{path_or_name!r}; e.g. GPT2.from_pretrained('tiny-shakespeare').")
     path = Path(path_or_name)
     if path.is_dir():
         return path

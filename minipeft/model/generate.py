@@ -68,6 +68,12 @@ def _generate(model, input_ids, max_new_tokens, do_sample, temperature, top_k, t
     mask = check_attention_mask(attention_mask, ids.shape)                # (B, T) bool or None
     _check_length(max_new_tokens, T, cfg.n_positions)
     _check_sampling(do_sample, temperature, top_k, top_p)
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise ConfigError(f"seed must be an integer >= 0 or None, got {seed!r}.")
+    if mask is not None and not mask.any(axis=1).all():
+        row = int(np.flatnonzero(~mask.any(axis=1))[0])
+        raise InputError(f"attention_mask row {row} is all 0: that prompt has no real token to "
+                         "continue. Mark its tokens with 1 (padding 0, on the left) or drop the row.")
     if isinstance(eos_token_id, str) and eos_token_id == "auto":
         eos_token_id = GPT2_EOS if cfg.vocab_size > GPT2_EOS else None
     for name, tid in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
@@ -163,14 +169,17 @@ def _check_length(max_new_tokens, T, n_positions):
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
     if T + max_new_tokens > n_positions:
+        shorter = (f", or keep only the last {n_positions - max_new_tokens} prompt tokens"
+                   if max_new_tokens < n_positions else "")
         raise InputError(
             f"The prompt has {T} tokens and max_new_tokens={max_new_tokens}: {T + max_new_tokens} "
             f"exceeds this model's n_positions={n_positions}. Ask for at most "
-            f"{n_positions - T} new tokens, or keep only the last {n_positions - max_new_tokens} "
-            "prompt tokens.")
+            f"{n_positions - T} new tokens{shorter}.")
 
 
 def _check_sampling(do_sample, temperature, top_k, top_p):
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise ConfigError(f"do_sample must be True (sample) or False (greedy), got {do_sample!r}.")
     if not isinstance(temperature, numbers.Real) or not np.isfinite(temperature):
         raise ConfigError(f"temperature must be a finite number, got {temperature!r}.")
     if do_sample and temperature <= 0:

@@ -42,10 +42,17 @@ class GPT2:
     """GPT2LMHeadModel in NumPy. ``params`` uses its state-dict names, Conv1D [in, out]."""
 
     def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], trainable=None):
+        if not isinstance(config, GPT2Config):
+            raise ConfigError(f"GPT2 needs a GPT2Config, got {type(config).__name__}; build one with "
+                              "GPT2Config(...) or GPT2Config.from_dict(d).")
+        if not isinstance(params, dict) or not all(isinstance(v, np.ndarray) for v in params.values()):
+            raise ConfigError("GPT2 params must be a dict from state-dict names to NumPy arrays "
+                              "(init_params(config) or GPT2.from_pretrained(...) makes one).")
         check_params(params, config, "GPT2(params)")
         dtypes = {p.dtype for p in params.values()}
         if len(dtypes) != 1 or next(iter(dtypes)) not in DTYPES:
-            raise ConfigError(f"GPT2 params must all be float32 or all float64, got {dtypes}.")
+            raise ConfigError(f"GPT2 params must all be float32 or all float64, got {dtypes}; "
+                              "cast them, e.g. {k: v.astype(np.float32) for k, v in params.items()}.")
         self.config = config
         self.params = params
         self.trainable = set(params) if trainable is None else set(trainable)
@@ -174,6 +181,9 @@ class GPT2:
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
         """dlogits (B, T, V) -> gradient of every trainable parameter, by name."""
         cfg, P = self.config, self.params
+        if not isinstance(cache, dict) or "xf" not in cache:
+            raise InputError("backward needs the cache of forward: logits, cache = model.forward(ids); "
+                             "grads = model.backward(dlogits, cache).")
         if cache.get("past_length", 0):
             raise InputError("backward through a KV cache is not supported: run forward on the "
                              "whole sequence (no past_key_values) before backward.")
@@ -181,6 +191,10 @@ class GPT2:
         wte = P["transformer.wte.weight"]
         dlogits = np.asarray(dlogits, dtype=self.dtype)
         V = cfg.vocab_size
+        if dlogits.shape != cache["xf"].shape[:-1] + (V,):
+            raise InputError(f"dlogits has shape {dlogits.shape}, but the forward that made this "
+                             f"cache gave logits {cache['xf'].shape[:-1] + (V,)}; pass the gradient "
+                             "of the loss with respect to those logits.")
         # logits = xf @ wte.T
         dxf = dlogits @ wte                                             # (B, T, C)
         dwte = None

@@ -11,6 +11,7 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 
+from ..config import refuse_unknown_fields
 from ..errors import ConfigError
 
 PEFT_VERSION = "0.21.2"            # the peft whose format minipeft writes and is tested against
@@ -35,6 +36,7 @@ _IGNORED_PEFT_FIELDS = {
 }
 
 
+@refuse_unknown_fields
 @dataclass
 class LoraConfig:
     """LoRA's settings, as ``peft.LoraConfig`` (same names, same defaults).

@@ -130,6 +130,7 @@ def read_adapter(folder, model) -> tuple[LoraConfig, dict]:
         hint = " It has adapter_model.bin: minipeft reads only safetensors (no pickles); re-save " \
                "it with peft's save_pretrained(safe_serialization=True)." \
             if (folder / "adapter_model.bin").is_file() else ""
+        hint = hint or " Give the folder that save_pretrained wrote, with both of its files."
         raise WeightsNotFoundError(f"No {WEIGHTS_NAME} in {folder}.{hint}")
     raw = _read_safetensors(w_path)
     # the tensors this config needs on this model, with their shapes

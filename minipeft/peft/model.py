@@ -68,7 +68,8 @@ def target_keys(config: LoraConfig, model_config) -> list[str]:
                               f"0 .. {model_config.n_layer - 1}.")
         found = [k for k in found if int(k.split(".")[2]) in config.layers_to_transform]
     if config.enable_lora is not None and not any(k.endswith("attn.c_attn") for k in found):
-        raise ConfigError("enable_lora picks q/k/v slices of c_attn, but c_attn is not targeted.")
+        raise ConfigError("enable_lora picks q/k/v slices of c_attn, but c_attn is not targeted: "
+                          "add 'c_attn' to target_modules, or leave enable_lora None.")
     return found
 
 

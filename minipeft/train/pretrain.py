@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import GPT2Config
+from ..config import GPT2Config, refuse_unknown_fields
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import CHECKSUMS_NAME, expected_shapes, save_folder
 
@@ -46,6 +46,7 @@ def init_params(config: GPT2Config, seed: int = 0, dtype=np.float32) -> dict[str
     return params
 
 
+@refuse_unknown_fields
 @dataclass
 class PretrainConfig:
     """A pretraining run; the defaults made the bundled ``tiny-shakespeare`` model."""
@@ -66,10 +67,18 @@ class PretrainConfig:
         for k, v in asdict(self).items():
             if k in ("learning_rate", "weight_decay", "val_fraction"):
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k in ("seed", "warmup_steps") else 1):
-                raise ConfigError(f"pretrain {k} must be a positive integer, got {v!r}.")
+            least = 0 if k in ("seed", "warmup_steps") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"pretrain {k} must be an integer >= {least}, got {v!r}.")
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}.")
+        for k, least in (("learning_rate", "> 0"), ("weight_decay", ">= 0")):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v <= 0 if least == "> 0" else v < 0):
+                raise ConfigError(f"pretrain {k} must be a number {least}, got {v!r}.")
+        GPT2Config(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,   # checks n_embd % n_head
+                   n_positions=self.block_size, vocab_size=self.vocab_size)
 
 
 def _sha256(path: Path) -> str:
@@ -97,7 +106,8 @@ def pretrain(data_path, out, cfg: PretrainConfig, overwrite: bool = False, progr
     from .trainer import Trainer, TrainingArguments
     data_path, out = Path(data_path), Path(out)
     if not data_path.is_file():
-        raise InputError(f"pretrain: no text file at {data_path}.")
+        raise InputError(f"pretrain: no text file at {data_path}; give the path of a UTF-8 text "
+                         "file to learn from.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; choose another folder or pass --overwrite.")
     text = data_path.read_text(encoding="utf-8")

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import refuse_unknown_fields
 from ..errors import ConfigError, MinipeftError, WeightsNotFoundError
 from .optim import AdamW, clip_grad_norm, lr_multiplier
 
@@ -37,6 +38,7 @@ class TrainingError(MinipeftError):
     """Training cannot go on (a NaN loss, an exploding gradient)."""
 
 
+@refuse_unknown_fields
 @dataclass
 class TrainingArguments:
     """The knobs of a run, with transformers' TrainingArguments names."""
@@ -66,14 +68,29 @@ class TrainingArguments:
                 raise ConfigError(f"{name} must be None or an integer >= 1, got {v!r}.")
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}.")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
+        if not (_is_number(self.learning_rate) and self.learning_rate > 0):
             raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate!r}.")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if self.max_grad_norm is not None and not (_is_number(self.max_grad_norm)
+                                                   and self.max_grad_norm > 0):
             raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}.")
         if not (isinstance(self.save_total_limit, int) and self.save_total_limit >= 1):
             raise ConfigError(f"save_total_limit must be an integer >= 1, got {self.save_total_limit!r}.")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a number >= 0 (0: no decay), got {self.weight_decay!r}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            if not (_is_number(v) and 0 <= v < 1):
+                raise ConfigError(f"{name} must be a number in [0, 1), got {v!r}.")
+        if not (_is_number(self.adam_epsilon) and self.adam_epsilon > 0):
+            raise ConfigError(f"adam_epsilon must be a number > 0 (e.g. 1e-8), got {self.adam_epsilon!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}.")
         lr_multiplier(self.lr_scheduler_type, 0, self.warmup_steps, self.max_steps)   # checks the name
+
+
+def _is_number(x) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def trainable_parameters(model) -> dict[str, np.ndarray]:
@@ -88,7 +105,11 @@ def example_batches(encoded, batch_size: int, seed: int, accumulation: int = 1):
     ``accumulation`` micro-batches per step; a pure function of the step."""
     from .data import batches
     if not encoded:
-        raise ConfigError("no training examples.")
+        raise ConfigError("no training examples: encode_examples(read_jsonl(path), ...) gave none; "
+                          "give a JSONL file with at least one example.")
+    for name, n in (("batch_size", batch_size), ("accumulation", accumulation)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {n!r}.")
     per_epoch = -(-len(encoded) // batch_size)
     cache: dict[int, list] = {}
 
@@ -191,7 +212,9 @@ class Trainer:
         if resume_from_checkpoint:
             path = self.latest_checkpoint() if resume_from_checkpoint is True else resume_from_checkpoint
             if path is None:
-                raise WeightsNotFoundError(f"no checkpoint to resume from in {self.output_dir}.")
+                raise WeightsNotFoundError(f"no checkpoint to resume from in {self.output_dir}; "
+                                           "start afresh (without resume / --resume) or give a "
+                                           "checkpoint folder.")
             self.load_checkpoint(path)
         args = self.args
         bar = None
