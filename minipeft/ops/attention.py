@@ -8,7 +8,9 @@
 
 Keys may be longer than queries (Tk = past + Tq: a KV cache or a prefix); the
 query at position t sees every key up to past + t. A query that may see no key
-at all (a left-padding row) gets p = 0 and so y = 0.
+at all (a left-padding row) gets p = 0 and so y = 0. Subtracting the row's max keeps
+exp from overflowing; for float32 scores of ±3e38, s - m overflows to -inf exactly
+where p is 0 anyway.
 
 Backward, with dy upstream:
     dv = p^T @ dy;  dp = dy @ v^T
@@ -70,7 +72,8 @@ def attention_forward(q, k, v, allowed):
     s = np.where(allowed, s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     m[~np.isfinite(m)] = 0.0                            # rows with no visible key
-    p = np.exp(s - m, out=s)                            # reuse the scores' memory
+    with np.errstate(over="ignore"):                    # s - m = -inf where p is 0 anyway
+        p = np.exp(s - m, out=s)                        # reuse the scores' memory
     z = p.sum(axis=-1, keepdims=True)
     z[z == 0] = 1.0                                     # such rows stay all zero
     p /= z

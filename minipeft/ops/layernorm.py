@@ -5,6 +5,13 @@
 
 Backward, with dxhat = dout * g and means over the C channels:
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+
+Extreme inputs: x is centred about its first entry before the mean is taken, so a
+constant row gives x - mean = 0 exactly and its output is exactly b, as in torch (a
+plain float32 mean of 768 copies of 10000.3 is off by ~1e-3, which against eps = 1e-5
+makes |xhat| ~ 0.4). The mean and the sum of squares accumulate in float64, so float32
+activations up to ~1e38 neither overflow (x² does beyond 1.8e19) nor lose the mean;
+only rows whose entries differ by more than float32's largest value (3.4e38) overflow.
 """
 from __future__ import annotations
 
@@ -13,10 +20,11 @@ import numpy as np
 
 def layernorm_forward(x, g, b, eps):
     """x (..., C), g (C,), b (C,) -> out (..., C); cache = (xhat, rstd, g)."""
-    mean = x.mean(axis=-1, keepdims=True)               # (..., 1)
-    xc = x - mean                                       # (..., C)
-    var = np.mean(xc * xc, axis=-1, keepdims=True)      # (..., 1)
-    rstd = 1.0 / np.sqrt(var + eps)                     # (..., 1)
+    C = x.shape[-1]
+    xc = x - x[..., :1]                                 # (..., C) about x[0]: exact for constant rows
+    xc -= xc.mean(axis=-1, keepdims=True, dtype=np.float64)            # x - mean
+    var = np.einsum("...c,...c->...", xc, xc, dtype=np.float64)[..., None] / C   # (..., 1)
+    rstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)   # (..., 1)
     xhat = xc * rstd                                    # (..., C)
     out = xhat * g + b
     return out, (xhat, rstd, g)

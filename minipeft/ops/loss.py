@@ -5,6 +5,12 @@
 
 `shift_labels` does GPT2LMHeadModel's shift: position t is scored on labels[t + 1],
 and the last position on nothing.
+
+Extreme logits: the softmax subtracts the row's max, so exp never overflows; where
+x - max itself overflows to -inf (float32 logits of ±3e38) the probability is 0, which
+is right. The loss is a Python float, so logsumexp - logit and the mean are taken in
+float64: float32 logits of ±3e38 give a finite loss of 6e38 (torch's float32 gives inf).
+A target whose logit is -inf has probability 0 and loss inf, as in torch.
 """
 from __future__ import annotations
 
@@ -31,11 +37,12 @@ def cross_entropy_forward(logits, targets):
     rows = np.flatnonzero(t != IGNORE_INDEX)            # counted rows
     xs = x[rows]                                        # (n, V)
     m = xs.max(axis=-1, keepdims=True)
-    p = np.exp(xs - m)
+    with np.errstate(over="ignore"):                    # x - m = -inf where p is 0 anyway
+        p = np.exp(xs - m)
     z = p.sum(axis=-1, keepdims=True)
     p /= z                                              # softmax of counted rows
-    lse = (m + np.log(z))[:, 0]                         # (n,)
-    nll = lse - xs[np.arange(rows.size), t[rows]]
+    lse = m[:, 0].astype(np.float64) + np.log(z[:, 0], dtype=np.float64)   # (n,) float64
+    nll = lse - xs[np.arange(rows.size), t[rows]]       # (n,) float64
     loss = nll.sum() / rows.size
     return float(loss), (p, rows, t[rows], logits.shape)
 
