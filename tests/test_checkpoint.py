@@ -432,9 +432,12 @@ def test_hub_name_without_network(weights, monkeypatch):
 
 # ------------------------------------------------------------------ edge cases of saving
 def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, occupied, monkeypatch):
-    """If the final rename fails, the previous folder is restored, whole."""
+    """Where the one-step exchange is not available and the final rename fails, the
+    previous folder is restored, whole."""
+    import minipeft.io.checkpoint as ckpt
     folder, _ = hf
     dst = occupied
+    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
     real_replace = os.replace
 
     def replace(src, target):

@@ -163,6 +163,10 @@ def _read_bin(path: Path) -> dict:
             "arbitrary objects; use a safetensors checkpoint.") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict of tensors.")
+    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{path} holds {odd[0]!r}, which is not a tensor: it is not a model "
+                              "state dict. Give the model's weights file (save_pretrained's).")
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in state.items()}
 
@@ -191,9 +195,24 @@ def _weight_files(folder: Path) -> tuple[str, list[Path]]:
 CHECKSUMS_NAME = "checksums.json"
 
 
+def sha256_file(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """checksums.json: sha256 of the weights and the tokenizer, checked on every load."""
+    sums = {name: sha256_file(folder / name) for name in ("model.safetensors", "tokenizer.json")
+            if (folder / name).is_file()}
+    (folder / CHECKSUMS_NAME).write_text(json.dumps(sums, indent=2) + "\n")
+
+
 def verify_checksums(folder: Path) -> None:
     """A folder with checksums.json (the bundled models) must match it byte for byte."""
-    import hashlib
     path = folder / CHECKSUMS_NAME
     if not path.is_file():
         return
@@ -203,14 +222,12 @@ def verify_checksums(folder: Path) -> None:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it (git checkout -- "
                               "weights/) or delete it to skip the check.") from None
     for name, expected in sums.items():
-        h = hashlib.sha256()
         try:
-            with open(folder / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            actual = sha256_file(folder / name)
         except OSError as e:
-            raise CheckpointError(f"{folder / name}, listed in {path.name}, cannot be read: {e}.") from None
-        if h.hexdigest() != expected:
+            raise CheckpointError(f"{folder / name}, listed in {path.name}, cannot be read: {e}. "
+                                  "Restore the folder or make it again.") from None
+        if actual != expected:
             raise CheckpointError(
                 f"{folder / name} does not match its checksum in {path.name}: the file is corrupt or "
                 "was changed. Restore it (git checkout -- weights/) or make it again with the command "
@@ -265,27 +282,78 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def usual_permissions(path: Path) -> None:
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one system call (Linux renameat2 RENAME_EXCHANGE, macOS
+    renamex_np RENAME_SWAP): at every instant each name holds a whole folder.
+    False where the system or file system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+            rc = libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2)   # AT_FDCWD, EXCHANGE
+        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+            rc = libc.renamex_np(os.fsencode(a), os.fsencode(b), 2)            # RENAME_SWAP
+        else:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):                     # EINVAL, ENOSYS, ENOTSUP: not on this file system
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_folder(new: Path, dst: Path) -> None:
+    """Put the folder ``new`` at ``dst``, atomically where the system allows: an existing
+    ``dst`` is exchanged with ``new`` in one step and then deleted. Elsewhere the old
+    folder is moved aside, the new one moved in, and the old one put back if that fails."""
+    new, dst = Path(new), Path(dst)
+    if not (dst.exists() or dst.is_symlink()):
+        os.replace(new, dst)
+        return
+    if dst.is_dir() and not dst.is_symlink() and _exchange(new, dst):
+        _remove(new)                                    # it now holds the old folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+    old.rmdir()
+    os.replace(dst, old)
+    try:
+        os.replace(new, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    _remove(old)
+
+
+def usual_permissions_one(path: Path) -> None:
     """Give a temp folder (0700) or temp file (0600) the permissions a plain mkdir or
     open would have (the umask's), before it is renamed into place."""
     umask = os.umask(0)
     os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def usual_permissions(path: Path) -> None:
+    """usual_permissions_one for a folder and everything in it."""
     path = Path(path)
+    usual_permissions_one(path)
     if path.is_dir():
-        os.chmod(path, 0o777 & ~umask)
         for p in path.rglob("*"):
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-    else:
-        os.chmod(path, 0o666 & ~umask)
+            usual_permissions_one(p)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe")
 
 
 def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bool = False,
-                extra_files: tuple[Path, ...] = ()) -> Path:
-    """Write config.json + model.safetensors (+ extra files such as the tokenizer's)
-    atomically: everything goes to a temp folder that is renamed into place."""
+                extra_files: tuple[Path, ...] = (), checksums: bool = False) -> Path:
+    """Write config.json + model.safetensors (+ extra files such as the tokenizer's, and
+    with ``checksums`` a checksums.json of the weights and tokenizer) atomically:
+    everything goes to a temp folder that replaces ``dst`` in one step."""
     from safetensors.numpy import save_file
     dst = Path(dst)
     occupied = any(dst.iterdir()) if dst.is_dir() else dst.exists()
@@ -302,21 +370,10 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
+        if checksums:
+            write_checksums(tmp)
         usual_permissions(tmp)
-        if dst.exists() or dst.is_symlink():
-            # Move the old folder aside (a unique name), swap the new one in, and put
-            # the old one back if the swap fails: at every moment one of them is whole.
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
-            old.rmdir()
-            os.replace(dst, old)
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old, dst)
-                raise
-            _remove(old)
-        else:
-            os.replace(tmp, dst)
+        replace_folder(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst

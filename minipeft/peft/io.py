@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
-from ..io.checkpoint import _read_safetensors, usual_permissions
+from ..io.checkpoint import _read_safetensors, replace_folder, usual_permissions_one
 from .config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -74,26 +75,73 @@ def adapter_state(pm, adapter_name: str) -> tuple[dict, dict]:
     return d, state
 
 
-def _write_atomic(folder: Path, files: dict[str, callable]) -> None:
-    """Write each file to a temp name in ``folder``, then rename it into place: a failed
-    save leaves the old files whole and no temp files behind."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _carry_over(folder: Path, tmp: Path) -> None:
+    """Hard-link into ``tmp`` what ``folder`` holds besides this save's files (other
+    adapters, the user's own files): nothing is copied, and the swap keeps it all."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):                  # temp folders of killed saves
+            continue
+        target = tmp / entry.name
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, target, symlinks=True, copy_function=os.link)
+            else:
+                os.link(entry, target, follow_symlinks=False)
+        except OSError:                                 # no hard links here: copy instead
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(entry, target, follow_symlinks=False)
+
+
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
+
+
+def _holds_only_adapters(folder: Path) -> bool:
+    """Is ``folder`` missing, or made only of adapter files and adapter subfolders?"""
+    if not folder.exists():
+        return True
+    if folder.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        return False                                    # never swap out the working directory
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if any(not e.name.startswith(".") and (e.is_dir() or e.name not in ADAPTER_FILES)
+                   for e in entry.iterdir()):
+                return False
+        elif entry.name not in ADAPTER_FILES:
+            return False
+    return True
+
+
+def _write_files(dst: Path, files: dict) -> None:
+    """Each file to a temp name in ``dst``, then renamed into place (weights first): each
+    file is always whole. For folders that hold other things than adapters."""
+    dst.mkdir(parents=True, exist_ok=True)
     tmps = {}
     try:
         for name, write in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dst)
             os.close(fd)
             tmps[name] = tmp
             write(tmp)
-            usual_permissions(Path(tmp))
+            usual_permissions_one(Path(tmp))
         for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.replace(tmps.pop(name), folder / name)
+            os.replace(tmps.pop(name), dst / name)
     finally:
         for tmp in tmps.values():
             Path(tmp).unlink(missing_ok=True)
 
 
 def save_adapters(pm, folder, selected_adapters=None) -> Path:
+    """Every selected adapter is written into a temp folder (with hard links to what the
+    folder already holds), which then replaces ``folder`` in one step: a save that fails
+    or is killed leaves the previous adapter files whole, config and weights together.
+    A folder that holds other things (or the working directory) is never swapped: there
+    each file is replaced whole, weights first."""
     from safetensors.numpy import save_file
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -101,14 +149,34 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
     names = list(pm.peft_config) if selected_adapters is None else list(selected_adapters)
     for name in names:
         pm._check_name(name)
-    for name in names:
-        d, state = adapter_state(pm, name)
-        dst = folder if name == "default" else folder / name
-        arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-        _write_atomic(dst, {
-            WEIGHTS_NAME: lambda p, a=arrays: save_file(a, p, metadata={"format": "pt"}),
-            CONFIG_NAME: lambda p, d=d: Path(p).write_text(json.dumps(d, indent=2) + "\n"),
-        })
+    if not _holds_only_adapters(folder):
+        for name in names:
+            d, state = adapter_state(pm, name)
+            arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+            _write_files(folder if name == "default" else folder / name, {
+                WEIGHTS_NAME: lambda p, a=arrays: save_file(a, p, metadata={"format": "pt"}),
+                CONFIG_NAME: lambda p, d=d: Path(p).write_text(json.dumps(d, indent=2) + "\n")})
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _carry_over(folder, tmp)
+        written = []
+        for name in names:
+            d, state = adapter_state(pm, name)
+            dst = tmp if name == "default" else tmp / name
+            dst.mkdir(exist_ok=True)
+            for f in (WEIGHTS_NAME, CONFIG_NAME):       # a hard link to the old file: never write through it
+                (dst / f).unlink(missing_ok=True)
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(dst / WEIGHTS_NAME),
+                      metadata={"format": "pt"})
+            (dst / CONFIG_NAME).write_text(json.dumps(d, indent=2) + "\n")
+            written += [dst, dst / WEIGHTS_NAME, dst / CONFIG_NAME]
+        for p in {tmp, *written}:                       # new files only: a chmod of a link changes the original
+            usual_permissions_one(p)
+        replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

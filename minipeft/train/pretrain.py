@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..config import GPT2Config, refuse_unknown_fields
 from ..errors import ConfigError, InputError
-from ..io.checkpoint import CHECKSUMS_NAME, expected_shapes, save_folder
+from ..io.checkpoint import sha256_file, expected_shapes, save_folder
 
 INFO_NAME = "training_info.json"
 
@@ -81,21 +80,6 @@ class PretrainConfig:
                    n_positions=self.block_size, vocab_size=self.vocab_size)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_checksums(folder: Path) -> None:
-    """checksums.json: sha256 of the weights and the tokenizer, checked on every load."""
-    sums = {name: _sha256(folder / name) for name in ("model.safetensors", "tokenizer.json")
-            if (folder / name).is_file()}
-    (folder / CHECKSUMS_NAME).write_text(json.dumps(sums, indent=2) + "\n")
-
-
 def pretrain(data_path, out, cfg: PretrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Train a tokenizer and a GPT-2 on the text at ``data_path``; write them to ``out``."""
     import tempfile
@@ -133,15 +117,14 @@ def pretrain(data_path, out, cfg: PretrainConfig, overwrite: bool = False, progr
     history = trainer.train()
     seconds = time.perf_counter() - start
     last = history[-1]
-    info = {"data": data_path.name, "data_sha256": _sha256(data_path), "config": asdict(cfg),
+    info = {"data": data_path.name, "data_sha256": sha256_file(data_path), "config": asdict(cfg),
             "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
             "final_train_loss": round(float(np.mean([h["loss"] for h in history[-20:]])), 4),
             "final_val_loss": round(last["eval_loss"], 4), "seconds": round(seconds, 1),
             "parameters": int(model.num_parameters())}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:          # everything lands in one atomic save
         save_tokenizer(tok, tmp)
-        save_folder(out, config, model.params, overwrite=overwrite,
-                    extra_files=(Path(tmp) / "tokenizer.json",))
-    (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    write_checksums(out)
+        (Path(tmp) / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+        save_folder(out, config, model.params, overwrite=overwrite, checksums=True,
+                    extra_files=(Path(tmp) / "tokenizer.json", Path(tmp) / INFO_NAME))
     return info

@@ -267,7 +267,7 @@ class Trainer:
         (written to a temp folder, then renamed: a killed save leaves no half checkpoint)."""
         from safetensors.numpy import save_file
 
-        from ..io.checkpoint import usual_permissions
+        from ..io.checkpoint import replace_folder, usual_permissions
         dst = self.output_dir / f"checkpoint-{self.step}"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=self.output_dir))
@@ -284,13 +284,15 @@ class Trainer:
             if hasattr(self.model, "save_pretrained") and hasattr(self.model, "peft_config"):
                 self.model.save_pretrained(tmp / "adapter", selected_adapters=[self.model.active_adapter])
             usual_permissions(tmp)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(tmp, dst)
+            replace_folder(tmp, dst)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for old in self.checkpoints()[:-self.args.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            # hidden first (one rename), then deleted: never a half-deleted checkpoint-N
+            hidden = Path(tempfile.mkdtemp(prefix=f".{old.name}.deleting.", dir=self.output_dir))
+            hidden.rmdir()
+            os.replace(old, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
         return dst
 
     def load_checkpoint(self, path) -> None:
