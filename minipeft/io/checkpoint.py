@@ -12,6 +12,7 @@ torch, read with ``weights_only=True``) and sharded safetensors.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -282,15 +283,21 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library already loaded in this process (dlopen(NULL)); no search, no subprocess."""
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one system call (Linux renameat2 RENAME_EXCHANGE, macOS
     renamex_np RENAME_SWAP): at every instant each name holds a whole folder.
     False where the system or file system cannot."""
     import ctypes
-    import ctypes.util
     import sys
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = _libc()
         if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
             rc = libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2)   # AT_FDCWD, EXCHANGE
         elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
