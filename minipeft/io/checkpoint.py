@@ -12,6 +12,7 @@ torch, read with ``weights_only=True``) and sharded safetensors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -336,6 +337,21 @@ def replace_folder(new: Path, dst: Path) -> None:
     _remove(old)
 
 
+@contextlib.contextmanager
+def atomic_folder(dst: Path):
+    """``with atomic_folder(dst) as tmp:`` write into ``tmp`` (a hidden temp folder beside
+    ``dst``); on success it replaces ``dst`` in one step, on failure it is deleted and
+    ``dst`` is left as it was."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def usual_permissions_one(path: Path) -> None:
     """Give a temp folder (0700) or temp file (0600) the permissions a plain mkdir or
     open would have (the umask's), before it is renamed into place."""
@@ -369,9 +385,7 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
             f"{dst} already exists and is not empty; minipeft will not overwrite it. "
             "Choose another folder or pass overwrite=True (--overwrite on the CLI).")
     check_params(params, config, "the model to save")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_folder(dst) as tmp:
         tensors = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in expected_shapes(config)}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
@@ -380,9 +394,6 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
         if checksums:
             write_checksums(tmp)
         usual_permissions(tmp)
-        replace_folder(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
-from ..io.checkpoint import _read_safetensors, replace_folder, usual_permissions_one
+from ..io.checkpoint import _read_safetensors, atomic_folder, usual_permissions_one
 from .config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -157,9 +157,7 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
                 WEIGHTS_NAME: lambda p, a=arrays: save_file(a, p, metadata={"format": "pt"}),
                 CONFIG_NAME: lambda p, d=d: Path(p).write_text(json.dumps(d, indent=2) + "\n")})
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         _carry_over(folder, tmp)
         written = []
         for name in names:
@@ -174,9 +172,6 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
             written += [dst, dst / WEIGHTS_NAME, dst / CONFIG_NAME]
         for p in {tmp, *written}:                       # new files only: a chmod of a link changes the original
             usual_permissions_one(p)
-        replace_folder(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

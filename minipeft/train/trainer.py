@@ -264,14 +264,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """output_dir/checkpoint-<step>/: the trained tensors, AdamW's moments, the state
-        (written to a temp folder, then renamed: a killed save leaves no half checkpoint)."""
+        (written to a temp folder that is swapped in: a killed save leaves no half checkpoint)."""
         from safetensors.numpy import save_file
 
-        from ..io.checkpoint import replace_folder, usual_permissions
+        from ..io.checkpoint import atomic_folder, usual_permissions
         dst = self.output_dir / f"checkpoint-{self.step}"
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=self.output_dir))
-        try:
+        with atomic_folder(dst) as tmp:
             opt = self.optimizer.state_dict()
             tensors = {f"param/{k}": np.ascontiguousarray(v) for k, v in self.params.items()}
             tensors.update({f"exp_avg/{k}": v for k, v in opt["exp_avg"].items()})
@@ -284,9 +282,6 @@ class Trainer:
             if hasattr(self.model, "save_pretrained") and hasattr(self.model, "peft_config"):
                 self.model.save_pretrained(tmp / "adapter", selected_adapters=[self.model.active_adapter])
             usual_permissions(tmp)
-            replace_folder(tmp, dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         for old in self.checkpoints()[:-self.args.save_total_limit]:
             # hidden first (one rename), then deleted: never a half-deleted checkpoint-N
             hidden = Path(tempfile.mkdtemp(prefix=f".{old.name}.deleting.", dir=self.output_dir))
