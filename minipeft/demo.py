@@ -49,6 +49,12 @@ class DemoConfig:
                 raise ConfigError(f"the demo's {name} must be a number > 0, got {v!r}.")
 
 
+def one_line(examples) -> list[dict]:
+    """Each answer ends with a line break, which the Shakespeare model already knows how
+    to write (its <|endoftext|> never occurred in its training text)."""
+    return [{**e, "completion": e["completion"] + "\n"} for e in examples]
+
+
 def greedy_completions(model, tok, prompts, max_new_tokens, eos_id) -> list[str]:
     """Greedy completions of a batch of prompts (left-padded, one generate call), each
     cut at its first line break: the task's answers are one line."""
@@ -111,9 +117,7 @@ def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_nam
     model = GPT2.from_pretrained(model_name)
     tok = load_tokenizer(model_name)
     eos = tok.token_to_id("<|endoftext|>")
-    # each answer ends with a line break, which the Shakespeare model already knows how to
-    # write (its <|endoftext|> never occurred in its training text)
-    train_ex = [{**e, "completion": e["completion"] + "\n"} for e in make_examples(cfg.n_train, seed=cfg.seed)]
+    train_ex = make_examples(cfg.n_train, seed=cfg.seed)
     eval_ex = make_examples(cfg.n_eval, seed=cfg.seed + 1_000_003)
     print(f"minipeft demo: LoRA fine-tuning of the bundled GPT-2 {model_name!r} "
           f"({model.num_parameters():,} parameters, pretrained on Shakespeare) to write a sentence "
@@ -135,15 +139,15 @@ def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_nam
     print(f"  ... ({len(pm.trainable_parameters())} tensors)")
     pm.print_trainable_parameters()
 
-    encoded = encode_examples(train_ex, tok, model.config.n_positions, eos)
-    eval_enc = encode_examples([{**e, "completion": e["completion"] + "\n"} for e in eval_ex], tok, model.config.n_positions, eos)
-    eval_batches = batches(eval_enc, cfg.batch_size, cfg.seed, 0)
+    encoded = encode_examples(one_line(train_ex), tok, model.config.n_positions, eos)
+    eval_batches = batches(encode_examples(one_line(eval_ex), tok, model.config.n_positions, eos),
+                           cfg.batch_size, cfg.seed, 0)
     args = TrainingArguments(learning_rate=cfg.learning_rate, max_steps=cfg.steps,
                              warmup_steps=max(1, cfg.steps // 20), lr_scheduler_type="linear",
                              eval_steps=max(1, cfg.steps // 4), seed=cfg.seed)
     print()
-    history = Trainer(pm, args, example_batches(encoded, cfg.batch_size, cfg.seed), eval_batches=eval_batches,
-                      progress=progress).train()
+    history = Trainer(pm, args, example_batches(encoded, cfg.batch_size, cfg.seed),
+                      eval_batches=eval_batches, progress=progress).train()
 
     after = greedy_completions(pm, tok, eval_prompts, cfg.max_new_tokens, eos)
     score_after = score(after, eval_ex)
