@@ -68,9 +68,9 @@ def _finetune(args) -> None:
     from pathlib import Path
 
     from . import GPT2, get_peft_model, load_tokenizer
-    from .train.data import encode_examples, read_jsonl
+    from .train.data import batches, encode_examples, read_jsonl
+    from .train.plots import plot_losses
     from .train.trainer import Trainer, TrainingArguments, example_batches
-    from .train.data import batches
     _check_flags(args, r=1, lora_alpha=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
                  weight_decay=0, max_grad_norm=0, max_length=2, eval_steps=1, save_steps=1,
                  steps=1, lr=0.0, seed=0)
@@ -101,7 +101,6 @@ def _finetune(args) -> None:
                       eval_batches=eval_batches, output_dir=out, progress=not args.no_progress)
     history = trainer.train(resume_from_checkpoint=True if args.resume else None)
     pm.save_pretrained(out / "adapter")
-    from .demo import plot_losses
     plot_losses(history, out / "loss.png")
     last = history[-1] if history else {}
     print(f"trained {trainer.step} steps, last loss {last.get('loss', float('nan')):.4f}"
@@ -129,18 +128,12 @@ def _generate(args) -> None:
 
 
 def _merge(args) -> None:
-    import shutil
-    from pathlib import Path
-
     from . import GPT2, PeftModel
-    from .io.checkpoint import TOKENIZER_FILES, resolve_model_folder
+    from .io.checkpoint import resolve_model_folder, save_folder, tokenizer_files
     pm = PeftModel.from_pretrained(GPT2.from_pretrained(args.model), args.adapter)
     merged = pm.merge_and_unload()
-    dst = merged.save_pretrained(args.out, overwrite=args.overwrite)
-    src = resolve_model_folder(args.model)
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
+    dst = save_folder(args.out, merged.config, merged.params, overwrite=args.overwrite,
+                      extra_files=tokenizer_files(resolve_model_folder(args.model)))
     print(f"merged {args.adapter} into {args.model} -> {dst} (a plain GPT-2 folder)")
 
 

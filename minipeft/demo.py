@@ -82,32 +82,12 @@ def _show(title, examples, predictions, k=3):
         print(f"    -> {pred.strip()!r}")
 
 
-def plot_losses(history, path: Path) -> None:
-    """The training (and eval) loss against the step, written atomically as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss")
-    ev = [h for h in history if "eval_loss" in h]
-    if ev:
-        ax.plot([h["step"] for h in ev], [h["eval_loss"] for h in ev], "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats / token)")
-    ax.set_title("LoRA on the restaurant task")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_name=BUNDLED,
              progress=True) -> dict:
     from . import GPT2, LoraConfig, get_peft_model, load_tokenizer
     from .tasks.restaurants import make_examples, score
     from .train.data import batches, encode_examples
+    from .train.plots import plot_losses
     from .train.trainer import Trainer, TrainingArguments, example_batches
     cfg = cfg or DemoConfig()
     start = time.perf_counter()
@@ -156,7 +136,7 @@ def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_nam
 
     out.mkdir(parents=True, exist_ok=True)
     pm.save_pretrained(out / "adapter")
-    plot_losses(history, out / "loss.png")
+    plot_losses(history, out / "loss.png", title="LoRA on the restaurant task")
     seconds = time.perf_counter() - start
     result = {"before": score_before, "after": score_after, "steps": cfg.steps,
               "final_loss": history[-1]["loss"], "eval_loss": history[-1].get("eval_loss"),

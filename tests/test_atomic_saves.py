@@ -4,7 +4,7 @@ Atomic: a process SIGKILLed while it saves leaves the old version or the new one
 whole and loadable, never a half-written one. Four saves: model weights
 (``GPT2.save_pretrained(folder, overwrite=True)``), a LoRA adapter
 (``PeftModel.save_pretrained``), a training checkpoint (``Trainer.save_checkpoint``)
-and the loss plot (``minipeft.demo.plot_losses``). For each, the test writes a good
+and the loss plot (``minipeft.train.plots.plot_losses``). For each, the test writes a good
 version A, then a saving process writes versions B and C over it and is killed; after
 each kill the destination must load (``GPT2.from_pretrained``, ``PeftModel.from_pretrained``,
 ``Trainer.latest_checkpoint`` + ``load_checkpoint`` as a resume does, a PNG whose every
@@ -44,7 +44,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 import zlib
 from functools import cache
@@ -203,7 +202,7 @@ class Plot:
 
     @staticmethod
     def save(history, root):
-        from minipeft.demo import plot_losses
+        from minipeft.train.plots import plot_losses
         plot_losses(history, root / "loss.png")
 
     @staticmethod

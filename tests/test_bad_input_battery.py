@@ -31,7 +31,7 @@ from minipeft import (GPT2, CheckpointError, ConfigError, GPT2Config, InputError
 from minipeft.cli import main
 from minipeft.demo import DemoConfig
 from minipeft.io.paths import bundled_dir
-from minipeft.train.data import batches, encode_examples, read_jsonl
+from minipeft.train.data import encode_examples, read_jsonl
 from minipeft.train.pretrain import PretrainConfig, init_params
 from minipeft.train.trainer import Trainer, TrainingArguments, example_batches
 

@@ -397,6 +397,11 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
     return dst
 
 
+def tokenizer_files(folder) -> tuple[Path, ...]:
+    """The tokenizer's files that ``folder`` holds (copied along by convert and merge)."""
+    return tuple(Path(folder) / f for f in TOKENIZER_FILES if (Path(folder) / f).is_file())
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     """Hugging Face GPT-2 folder -> converted folder (float32 safetensors, checked).
 
@@ -405,8 +410,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
         raise MinipeftError(
             f"convert would write {dst} over its own source; choose another output folder.")
     config, params = load_folder(src)
-    tokenizer = tuple(Path(src) / f for f in TOKENIZER_FILES if (Path(src) / f).is_file())
-    return save_folder(dst, config, params, overwrite=overwrite, extra_files=tokenizer)
+    return save_folder(dst, config, params, overwrite=overwrite, extra_files=tokenizer_files(src))
 
 
 

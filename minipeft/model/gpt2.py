@@ -216,7 +216,7 @@ class GPT2:
 
     def _block_backward(self, i: int, dout, c, grads):
         """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C)."""
-        cfg, P, h = self.config, self.params, f"transformer.h.{i}"
+        cfg, h = self.config, f"transformer.h.{i}"
         # x3 = x2 + m
         dx2, dm = residual_backward(dout)
         # m = mlp.c_proj(g); g = gelu(f); f = mlp.c_fc(ln2)

@@ -136,13 +136,21 @@ def _write_files(dst: Path, files: dict) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def _writers(pm, name: str) -> dict:
+    """{file name: write(path)} for adapter ``name``: its safetensors and its config."""
+    from safetensors.numpy import save_file
+    d, state = adapter_state(pm, name)
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    return {WEIGHTS_NAME: lambda p: save_file(arrays, str(p), metadata={"format": "pt"}),
+            CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(d, indent=2) + "\n")}
+
+
 def save_adapters(pm, folder, selected_adapters=None) -> Path:
     """Every selected adapter is written into a temp folder (with hard links to what the
     folder already holds), which then replaces ``folder`` in one step: a save that fails
     or is killed leaves the previous adapter files whole, config and weights together.
     A folder that holds other things (or the working directory) is never swapped: there
     each file is replaced whole, weights first."""
-    from safetensors.numpy import save_file
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MinipeftError(f"{folder} is a file; save_pretrained needs a folder.")
@@ -151,26 +159,20 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
         pm._check_name(name)
     if not _holds_only_adapters(folder):
         for name in names:
-            d, state = adapter_state(pm, name)
-            arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-            _write_files(folder if name == "default" else folder / name, {
-                WEIGHTS_NAME: lambda p, a=arrays: save_file(a, p, metadata={"format": "pt"}),
-                CONFIG_NAME: lambda p, d=d: Path(p).write_text(json.dumps(d, indent=2) + "\n")})
+            _write_files(folder if name == "default" else folder / name, _writers(pm, name))
         return folder
     with atomic_folder(folder) as tmp:
         _carry_over(folder, tmp)
-        written = []
+        written = [tmp]
         for name in names:
-            d, state = adapter_state(pm, name)
             dst = tmp if name == "default" else tmp / name
             dst.mkdir(exist_ok=True)
-            for f in (WEIGHTS_NAME, CONFIG_NAME):       # a hard link to the old file: never write through it
-                (dst / f).unlink(missing_ok=True)
-            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(dst / WEIGHTS_NAME),
-                      metadata={"format": "pt"})
-            (dst / CONFIG_NAME).write_text(json.dumps(d, indent=2) + "\n")
-            written += [dst, dst / WEIGHTS_NAME, dst / CONFIG_NAME]
-        for p in {tmp, *written}:                       # new files only: a chmod of a link changes the original
+            written.append(dst)
+            for file, write in _writers(pm, name).items():
+                (dst / file).unlink(missing_ok=True)    # a hard link to the old file: never write through it
+                write(dst / file)
+                written.append(dst / file)
+        for p in written:                               # new files only: a chmod of a link changes the original
             usual_permissions_one(p)
     return folder
 

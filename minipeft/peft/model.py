@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..model.gpt2 import GPT2
 from ..ops import linear_forward
 from . import lora as twin
