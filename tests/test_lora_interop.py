@@ -219,7 +219,7 @@ def test_corrupt_missing_and_unhonourable_adapters(hf_checkpoint, tmp_path):
     for field, value, match in [("use_qalora", True, "cannot honour: use_qalora"),
                                 ("rank_pattern", {"c_attn": 2}, "rank_pattern"),
                                 ("some_future_option", 3, "unknown to minipeft"),
-                                ("peft_type", "PREFIX_TUNING", "not LORA"),
+                                ("peft_type", "VERA", "peft_type .VERA., which minipeft does not implement"),
                                 # an adapter made for another architecture (LLaMA's names)
                                 ("target_modules", ["q_proj", "v_proj"], "not a linear layer of GPT-2")]:
         cfg_path.write_text(json.dumps({**cfg, field: value}))

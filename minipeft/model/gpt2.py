@@ -36,10 +36,14 @@ from .inputs import (check_attention_mask, check_input_ids, check_labels, check_
                      check_position_ids)
 
 DTYPES = (np.float32, np.float64)
+NO_PAST_BACKWARD = ("backward through a KV cache is not supported: run forward on the whole "
+                    "sequence (no past_key_values) before backward.")
 
 
 class GPT2:
     """GPT2LMHeadModel in NumPy. ``params`` uses its state-dict names, Conv1D [in, out]."""
+
+    _trains_past = False     # prefix tuning sets it: its past keys/values get gradients
 
     def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], trainable=None):
         if not isinstance(config, GPT2Config):
@@ -106,16 +110,23 @@ class GPT2:
         ``use_cache`` the cache returns ``present_key_values``: past + new, (B, NH, T_past + T, hs).
         ``backward`` needs a forward without ``past_key_values``.
         """
-        cfg, P = self.config, self.params
+        cfg = self.config
         ids = check_input_ids(input_ids, cfg.vocab_size, cfg.n_positions)
-        B, T = ids.shape
+        T = ids.shape[1]
         past = check_past_key_values(past_key_values, ids.shape, cfg, self.dtype)  # T_past (0: none)
         mask = check_attention_mask(attention_mask, ids.shape, past)    # (B, T_past + T) or None
         pos = check_position_ids(position_ids, ids.shape, cfg.n_positions)
         if pos is None:
             pos = np.arange(past, past + T)[None, :]                    # (1, T)
-        x, emb_cache = embedding_forward(ids, P["transformer.wte.weight"],
-                                         P["transformer.wpe.weight"], pos)  # (B, T, C)
+        x, emb_cache = self._embed(ids, pos)                            # (B, T, C)
+        return self._forward_embedded(x, emb_cache, mask, past_key_values, use_cache)
+
+    def _forward_embedded(self, x, emb_cache, mask, past_key_values=None, use_cache=False):
+        """The blocks, ln_f and the lm_head on embedded inputs x (B, T, C): -> (logits, cache).
+        Prompt tuning enters here with its virtual tokens already in x."""
+        cfg, P = self.config, self.params
+        T = x.shape[1]
+        past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         allowed = attention_mask_allowed(T, past + T, mask)             # (B|1, 1, T, T_past + T)
         hidden_states, layer_caches = [x], []
         for i in range(cfg.n_layer):
@@ -132,11 +143,16 @@ class GPT2:
             "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
             "xf": xf,                    # (B, T, C) input of the lm_head
             "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
-            "past_length": past,         # T_past: backward needs 0
+            "past_length": past,         # T_past: backward needs 0 (or a trainable prefix)
         }
         if use_cache:                    # L pairs (B, NH, T_past + T, hs)
             cache["present_key_values"] = [c["present"] for c in layer_caches]
         return logits, cache
+
+    def _embed(self, ids, pos):
+        """Token + position embedding (prompt tuning overrides it): -> (x (B, T, C), cache)."""
+        return embedding_forward(ids, self.params["transformer.wte.weight"],
+                                 self.params["transformer.wpe.weight"], pos)
 
     def _block_forward(self, i: int, x, allowed, layer_past=None):
         """One transformer block: (B, T, C) -> (B, T, C), cache.
@@ -149,17 +165,19 @@ class GPT2:
         if layer_past is not None:                                      # KV cache: prepend the past
             k = np.concatenate([layer_past[0], k], axis=2)              # (B, NH, T_past + T, hs)
             v = np.concatenate([layer_past[1], v], axis=2)              # (B, NH, T_past + T, hs)
-        y, attn_c = attention_forward(q, k, v, allowed)                 # (B, NH, T, hs)
+        y, attn_c = self._attention(i, q, k, v, allowed)                # (B, NH, T, hs)
         a, c_proj_c = self._linear(f"{h}.attn.c_proj", merge_heads(y))  # (B, T, C)
-        x2, _ = residual_forward(x, a)
+        x2, res1_c = self._residual(f"{h}.attn", x, a)                  # x + a
         ln2, ln2_c = layernorm_forward(x2, P[f"{h}.ln_2.weight"], P[f"{h}.ln_2.bias"], eps)
         f, c_fc_c = self._linear(f"{h}.mlp.c_fc", ln2)                  # (B, T, 4C)
         g, gelu_c = gelu_forward(f)                                     # (B, T, 4C)
         m, mlp_proj_c = self._linear(f"{h}.mlp.c_proj", g)              # (B, T, C)
-        x3, _ = residual_forward(x2, m)
+        x3, res2_c = self._residual(f"{h}.mlp", x2, m)                  # x2 + m
         cache = {"ln_1": ln1_c, "attn.c_attn": c_attn_c, "attn": attn_c,
-                 "attn.c_proj": c_proj_c, "ln_2": ln2_c, "mlp.c_fc": c_fc_c,
-                 "gelu": gelu_c, "mlp.c_proj": mlp_proj_c,
+                 "attn.c_proj": c_proj_c, "attn.residual": res1_c, "ln_2": ln2_c,
+                 "mlp.c_fc": c_fc_c, "gelu": gelu_c, "mlp.c_proj": mlp_proj_c,
+                 "mlp.residual": res2_c,
+                 "past_length": 0 if layer_past is None else layer_past[0].shape[2],
                  "present": (k, v)}                                     # the KV cache, past + new
         return x3, cache
 
@@ -173,9 +191,38 @@ class GPT2:
                          attention_mask=attention_mask, eos_token_id=eos_token_id,
                          pad_token_id=pad_token_id)
 
+    # Hooks: the places where PEFT methods change the model, each with its backward.
     def _linear(self, name: str, x):
-        """The Conv1D called ``name`` (PEFT methods override this): -> (out, cache)."""
+        """The Conv1D called ``name`` (LoRA, IA3 override this): -> (out, cache)."""
         return linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
+
+    def _attention(self, i: int, q, k, v, allowed):
+        """Layer ``i``'s attention over its keys (past or prefix first): -> (y, cache)."""
+        return attention_forward(q, k, v, allowed)
+
+    def _attention_backward(self, i: int, dy, cache):
+        """-> dq, dk, dv (dk, dv over past + new keys)."""
+        return attention_backward(dy, cache)
+
+    def _residual(self, name: str, x, fx):
+        """The residual after ``name`` (transformer.h.0.attn or .mlp): x + f(x) (bottleneck
+        adapters override this): -> (out, cache)."""
+        return residual_forward(x, fx)
+
+    def _residual_backward(self, name: str, dout, cache, grads):
+        """-> (dx, dfx)."""
+        return residual_backward(dout, cache)
+
+    def _past_backward(self, i: int, dk_past, dv_past, grads):
+        """Gradients reaching the past keys and values of layer ``i`` (prefix tuning trains them)."""
+        raise InputError(NO_PAST_BACKWARD)
+
+    def _embed_backward(self, dx, cache, dwte, grads):
+        """Backward of ``_embed``: the wte / wpe gradients into ``grads``."""
+        dwte, dwpe = embedding_backward(dx, cache, dwte, need_wte=dwte is not None,
+                                        need_wpe="transformer.wpe.weight" in self.trainable)
+        self._put(grads, "transformer.wte.weight", dwte)
+        self._put(grads, "transformer.wpe.weight", dwpe)
 
     # ---------------------------------------------------------------- backward
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
@@ -184,9 +231,8 @@ class GPT2:
         if not isinstance(cache, dict) or "xf" not in cache:
             raise InputError("backward needs the cache of forward: logits, cache = model.forward(ids); "
                              "grads = model.backward(dlogits, cache).")
-        if cache.get("past_length", 0):
-            raise InputError("backward through a KV cache is not supported: run forward on the "
-                             "whole sequence (no past_key_values) before backward.")
+        if cache.get("past_length", 0) and not self._trains_past:
+            raise InputError(NO_PAST_BACKWARD)
         grads: dict[str, np.ndarray] = {}
         wte = P["transformer.wte.weight"]
         dlogits = np.asarray(dlogits, dtype=self.dtype)
@@ -207,18 +253,14 @@ class GPT2:
         for i in reversed(range(cfg.n_layer)):
             dx = self._block_backward(i, dx, cache["layers"][i], grads)
         # x = wte[ids] + wpe[pos]
-        dwte, dwpe = embedding_backward(dx, cache["embedding"], dwte,
-                                        need_wte=dwte is not None,
-                                        need_wpe="transformer.wpe.weight" in self.trainable)
-        self._put(grads, "transformer.wte.weight", dwte)
-        self._put(grads, "transformer.wpe.weight", dwpe)
+        self._embed_backward(dx, cache["embedding"], dwte, grads)
         return grads
 
     def _block_backward(self, i: int, dout, c, grads):
         """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C)."""
         cfg, h = self.config, f"transformer.h.{i}"
         # x3 = x2 + m
-        dx2, dm = residual_backward(dout)
+        dx2, dm = self._residual_backward(f"{h}.mlp", dout, c["mlp.residual"], grads)
         # m = mlp.c_proj(g); g = gelu(f); f = mlp.c_fc(ln2)
         dg = self._linear_backward(f"{h}.mlp.c_proj", dm, c["mlp.c_proj"], grads)
         df = gelu_backward(dg, c["gelu"])
@@ -229,10 +271,14 @@ class GPT2:
         self._put(grads, f"{h}.ln_2.bias", dbeta)
         dx2 = dx2 + dx2_ln
         # x2 = x + a
-        dx, da = residual_backward(dx2)
+        dx, da = self._residual_backward(f"{h}.attn", dx2, c["attn.residual"], grads)
         # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split(c_attn(ln1))
         dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)
-        dq, dk, dv = attention_backward(split_heads_grad(dy, cfg.n_head), c["attn"])
+        dq, dk, dv = self._attention_backward(i, split_heads_grad(dy, cfg.n_head), c["attn"])
+        past = c["past_length"]
+        if past:                                                        # a trainable prefix
+            self._past_backward(i, dk[:, :, :past], dv[:, :, :past], grads)
+            dk, dv = dk[:, :, past:], dv[:, :, past:]
         dln1 = self._linear_backward(f"{h}.attn.c_attn", merge_heads_backward(dq, dk, dv),
                                      c["attn.c_attn"], grads)
         # ln1 = ln_1(x)

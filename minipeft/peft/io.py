@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
 from ..io.checkpoint import _read_safetensors, atomic_folder, usual_permissions_one
-from .config import LoraConfig
+from .lora_config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -57,7 +57,7 @@ def _block_form(config: LoraConfig, tensors: dict, C: int):
 
 
 def adapter_state(pm, adapter_name: str) -> tuple[dict, dict]:
-    """-> (peft config dict, {peft key: array}) of one adapter."""
+    """-> (peft config dict, {peft key: array}) of one LoRA adapter."""
     config = pm.peft_config[adapter_name]
     tensors = pm.lora[adapter_name]
     if config.enable_lora is not None:
@@ -139,7 +139,7 @@ def _write_files(dst: Path, files: dict) -> None:
 def _writers(pm, name: str) -> dict:
     """{file name: write(path)} for adapter ``name``: its safetensors and its config."""
     from safetensors.numpy import save_file
-    d, state = adapter_state(pm, name)
+    d, state = pm._adapter_state(name)
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     return {WEIGHTS_NAME: lambda p: save_file(arrays, str(p), metadata={"format": "pt"}),
             CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(d, indent=2) + "\n")}
@@ -177,10 +177,10 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
     return folder
 
 
-def read_adapter(folder, model) -> tuple[LoraConfig, dict]:
-    """-> (LoraConfig, {"<module>.<tensor>": array in the model's dtype}), checked
-    against ``model`` (its size, its layers) before anything is loaded."""
-    from .model import lora_parts, target_keys
+def read_adapter(folder) -> tuple[object, dict, Path]:
+    """-> (config of the method in its peft_type, {saved key: array}, weights path), the
+    files checked for presence and form; the tensors are checked by the method's model."""
+    from .mapping import config_class_for
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not cfg_path.is_file():
@@ -190,14 +190,47 @@ def read_adapter(folder, model) -> tuple[LoraConfig, dict]:
         d = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); save the adapter again.") from None
-    config = LoraConfig.from_dict(d, source=str(cfg_path))
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(d).__name__}; "
+                              "save the adapter again.")
+    config = config_class_for(d.get("peft_type", "LORA"), str(cfg_path)).from_dict(d, source=str(cfg_path))
     if not w_path.is_file():
         hint = " It has adapter_model.bin: minipeft reads only safetensors (no pickles); re-save " \
                "it with peft's save_pretrained(safe_serialization=True)." \
             if (folder / "adapter_model.bin").is_file() else ""
         hint = hint or " Give the folder that save_pretrained wrote, with both of its files."
         raise WeightsNotFoundError(f"No {WEIGHTS_NAME} in {folder}.{hint}")
-    raw = _read_safetensors(w_path)
+    return config, _read_safetensors(w_path), w_path
+
+
+def check_state(raw: dict, expected: dict, w_path, model, optional=()) -> dict:
+    """{saved key: array} -> the same in the model's dtype, once every key of ``expected``
+    ({key: shape}) is present with its shape and no other key is there (``optional``:
+    {key: shape} that may be missing)."""
+    allowed = {**dict(optional), **expected}
+    missing = sorted(set(expected) - set(raw))
+    unexpected = sorted(set(raw) - set(allowed))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{w_path} does not fit this model and config: missing {missing[:3]}"
+            f"{' …' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{' …' if len(unexpected) > 3 else ''}. It was saved for another model "
+            f"(this one has n_layer={model.config.n_layer}) or its files are mixed up.")
+    out = {}
+    for k, v in raw.items():
+        if tuple(v.shape) != tuple(allowed[k]):
+            raise CheckpointError(
+                f"{w_path}: {k} has shape {tuple(v.shape)}, this model needs {tuple(allowed[k])}: "
+                f"the adapter was saved for another model size (this one has n_embd="
+                f"{model.config.n_embd}) or depth (n_layer={model.config.n_layer}).")
+        out[k] = np.asarray(v, dtype=model.dtype)
+    return out
+
+
+def read_lora_state(config: LoraConfig, raw: dict, model, w_path) -> dict:
+    """LoRA's saved tensors -> {"<module>.<tensor>": array in the model's dtype}, checked
+    against ``model`` (its size, its layers) before anything is loaded."""
+    from .lora_model import lora_parts, target_keys
     # the tensors this config needs on this model, with their shapes
     expected = {}
     for key in target_keys(config, model.config):
@@ -208,27 +241,10 @@ def read_adapter(folder, model) -> tuple[LoraConfig, dict]:
             expected[f"{key}.{prefix}lora_B.weight"] = (n_out, config.r)
         if config.use_dora:
             expected[f"{key}.lora_magnitude_vector"] = (W.shape[1],)
-    weights, unexpected = {}, []
+    # saved keys -> module names; trained biases may come too (bias="all"/"lora_only")
+    named = {}
     for k, v in raw.items():
         name = k[len(PREFIX):] if k.startswith(PREFIX) else k
-        name = name.replace(".base_layer.", ".")
-        if name in expected or (name.endswith(".bias") and name in model.params):
-            weights[name] = v
-        else:
-            unexpected.append(k)
-    missing = sorted(set(expected) - set(weights))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{w_path} does not fit this model and config: missing {missing[:3]}"
-            f"{' …' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-            f"{' …' if len(unexpected) > 3 else ''}. It was saved for another model "
-            f"(this one has n_layer={model.config.n_layer}) or its files are mixed up.")
-    for name, v in weights.items():
-        shape = expected.get(name) or model.params[name].shape
-        if tuple(v.shape) != tuple(shape):
-            raise CheckpointError(
-                f"{w_path}: {name} has shape {tuple(v.shape)}, this model needs {tuple(shape)}: "
-                f"the adapter was saved for another model size (this one has n_embd="
-                f"{model.config.n_embd}).")
-        weights[name] = np.asarray(v, dtype=model.dtype)
-    return config, weights
+        named[name.replace(".base_layer.", ".")] = v
+    biases = {k: model.params[k].shape for k in named if k.endswith(".bias") and k in model.params}
+    return check_state(named, expected, w_path, model, optional=biases)

@@ -7,14 +7,13 @@ is refused with its name, rather than silently ignored.
 """
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from dataclasses import dataclass, field
 
 from ..config import refuse_unknown_fields
 from ..errors import ConfigError
+from .config_base import AUTO_MAPPING, from_peft_dict, peft_dict
 
-PEFT_VERSION = "0.21.2"            # the peft whose format minipeft writes and is tested against
 LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 INITS = (True, False, "gaussian", "pissa", "olora")
 BIASES = ("none", "all", "lora_only")
@@ -29,13 +28,6 @@ _UNUSED_PEFT_FIELDS = {
     "target_parameters": None, "trainable_token_indices": None, "use_bdlora": None,
     "use_qalora": False, "velora_config": None, "kasa_config": None,
 }
-# peft fields that carry no meaning for minipeft's math (bookkeeping, or about devices)
-_IGNORED_PEFT_FIELDS = {
-    "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "peft_version",
-    "megatron_core", "qalora_group_size", "ensure_weight_tying", "runtime_config",
-}
-
-
 @refuse_unknown_fields
 @dataclass
 class LoraConfig:
@@ -152,38 +144,18 @@ class LoraConfig:
     # ------------------------------------------------------------ peft's json form
     def to_dict(self) -> dict:
         """The adapter_config.json peft writes (its unused fields at their defaults)."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "enable_lora"}
-        d.update(_UNUSED_PEFT_FIELDS)
+        d = peft_dict(self, _UNUSED_PEFT_FIELDS, megatron_core="megatron.core", qalora_group_size=16,
+                      ensure_weight_tying=False, auto_mapping=AUTO_MAPPING)
+        del d["enable_lora"]
         if isinstance(self.target_modules, list):          # a set in peft: order has no meaning
             d["target_modules"] = sorted(set(self.target_modules))
-        d.update(peft_type="LORA", peft_version=PEFT_VERSION, revision=None,
-                 megatron_core="megatron.core", qalora_group_size=16, ensure_weight_tying=False,
-                 auto_mapping={"base_model_class": "GPT2LMHeadModel",
-                               "parent_library": "transformers.models.gpt2.modeling_gpt2"})
-        return dict(sorted(d.items()))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "adapter config") -> "LoraConfig":
         """Read peft's adapter_config.json dict; refuse what minipeft cannot honour."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source} must be a JSON object, got {type(d).__name__}.")
-        if d.get("peft_type", "LORA") != "LORA":
-            raise ConfigError(f"{source} is a {d.get('peft_type')} adapter, not LORA; load it with "
-                              "the method it was made for.")
-        own = {f.name for f in dataclasses.fields(cls) if f.init}
-        kwargs, refused = {}, []
-        for k, v in d.items():
-            if k in own:
-                kwargs[k] = v
-            elif k in _UNUSED_PEFT_FIELDS:
-                if v not in (None, False, {}, [], ()):
-                    refused.append(f"{k}={v!r}")
-            elif k not in _IGNORED_PEFT_FIELDS and k != "peft_type":
-                if v not in (None, False, {}, [], ()):
-                    refused.append(f"{k}={v!r} (unknown to minipeft)")
-        if refused:
-            raise ConfigError(f"{source} uses LoRA options minipeft cannot honour: "
-                              f"{', '.join(refused)}. Use plain LoRA/rsLoRA/DoRA settings.")
+        kwargs = from_peft_dict(cls, d, source, _UNUSED_PEFT_FIELDS,
+                                hint="Use plain LoRA/rsLoRA/DoRA settings.")
         if isinstance(kwargs.get("init_lora_weights"), str) and \
                 kwargs["init_lora_weights"] not in INITS:
             # the init only matters when the adapter is created; a saved one is already trained

@@ -1,6 +1,6 @@
-"""PeftModel: a frozen GPT2 whose linear layers carry LoRA adapters.
+"""LoraModel: a frozen GPT2 whose linear layers carry LoRA adapters.
 
-GPT2 sends every linear layer through ``_linear`` / ``_linear_backward``; PeftModel
+GPT2 sends every linear layer through ``_linear`` / ``_linear_backward``; LoraModel
 overrides those two hooks and nothing else, so the forward and backward a reader
 follows in ``model/gpt2.py`` stay the same. The base parameters are shared with the
 model given to ``get_peft_model`` (as peft injects into the model in place); they
@@ -12,7 +12,6 @@ the bias of a layer that carries LoRA, ``base_model.model.<name>`` for other bia
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import re
@@ -24,10 +23,9 @@ from ..errors import ConfigError
 from ..model.gpt2 import GPT2
 from ..ops import linear_forward
 from . import lora as twin
-from .config import LINEAR_MODULES, LoraConfig
+from .base import PREFIX, PeftModel
+from .lora_config import LINEAR_MODULES, LoraConfig
 from .lora_init import lora_init
-
-PREFIX = "base_model.model."
 QKV = ("q", "k", "v")
 
 
@@ -81,36 +79,20 @@ def lora_parts(config: LoraConfig, key: str, n_out: int, C: int):
     return [(f"{QKV[j]}.", slice(j * C, (j + 1) * C)) for j in range(3) if config.enable_lora[j]]
 
 
-class PeftModel(GPT2):
-    """A GPT2 with LoRA adapters: peft's PeftModel for GPT-2, in NumPy."""
+class LoraModel(PeftModel):
+    """A GPT2 with LoRA adapters: peft's LoraModel for GPT-2, in NumPy."""
 
-    def __init__(self, model: GPT2, config: LoraConfig, adapter_name: str = "default", seed: int = 0):
-        if not isinstance(model, GPT2) or isinstance(model, PeftModel):
-            raise ConfigError("get_peft_model needs a minipeft GPT2 (e.g. GPT2.from_pretrained(...)), "
-                              f"got {type(model).__name__}.")
-        super().__init__(model.config, model.params, trainable=())
-        self.base_model = model
-        self.peft_config: dict[str, LoraConfig] = {}
+    config_class = LoraConfig
+
+    def _init_state(self):
         self.lora: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> tensors
-        self.active_adapter = adapter_name
-        self.training = False
-        self.use_kernels = True
         self.merged: list[str] = []          # adapters merged into the base weights
         self._dora_norms: dict[tuple[str, str], np.ndarray] = {}
-        self._disabled = False
-        self._rng = np.random.default_rng(seed)
-        self.add_adapter(adapter_name, config, seed=seed)
 
     # ------------------------------------------------------------ adapters
     def add_adapter(self, adapter_name: str, config: LoraConfig, seed: int = 0):
         """Create an adapter, initialised as config.init_lora_weights says."""
-        if not isinstance(config, LoraConfig):
-            raise ConfigError(f"add_adapter needs a LoraConfig, got {type(config).__name__}.")
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-            raise ConfigError(f"adapter name must be a non-empty string without dots, got {adapter_name!r}.")
-        if adapter_name in self.peft_config:
-            raise ConfigError(f"an adapter named {adapter_name!r} exists; delete_adapter it first "
-                              "or choose another name.")
+        self._check_new_adapter(adapter_name, config)
         if self.merged:
             raise ConfigError("unmerge_adapter() before adding an adapter.")
         config = copy.deepcopy(config)
@@ -161,25 +143,14 @@ class PeftModel(GPT2):
         if adapter_name == self.active_adapter and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
 
-    def _check_name(self, adapter_name):
-        if adapter_name not in self.peft_config:
-            raise ConfigError(f"no adapter named {adapter_name!r}; this model has "
-                              f"{sorted(self.peft_config)}.")
-
     def _parts(self, config: LoraConfig, key: str):
         return lora_parts(config, key, self.params[f"{key}.weight"].shape[1], self.config.n_embd)
 
-    def astype(self, dtype) -> "PeftModel":
-        """A copy in float32 or float64, base and adapters alike (float64 for checks)."""
-        base = self.base_model.astype(dtype)           # shares self.params: merged or not, as now
-        new = copy.copy(self)
-        new.base_model, new.params = base, base.params
-        new.lora = {a: {k: {n: v.astype(dtype) for n, v in t.items()} for k, t in m.items()}
-                    for a, m in self.lora.items()}
-        new.peft_config = copy.deepcopy(self.peft_config)
-        new.trainable, new.merged = set(self.trainable), list(self.merged)
-        new._dora_norms = {k: v.astype(dtype) for k, v in self._dora_norms.items()}
-        return new
+    def _astype_adapters(self, dtype):
+        self.lora = {a: {k: {n: v.astype(dtype) for n, v in t.items()} for k, t in m.items()}
+                     for a, m in self.lora.items()}
+        self.merged = list(self.merged)
+        self._dora_norms = {k: v.astype(dtype) for k, v in self._dora_norms.items()}
 
     # ------------------------------------------------------------ parameters
     def _peft_bias_name(self, name: str) -> str:
@@ -199,40 +170,9 @@ class PeftModel(GPT2):
             out[self._peft_bias_name(name)] = self.params[name]
         return out
 
-    def num_parameters(self) -> int:
-        """The base model's parameters plus every adapter's."""
-        return super().num_parameters() + sum(a.size for t in self.lora.values()
-                                              for m in t.values() for a in m.values())
-
-    def print_trainable_parameters(self):
-        """peft's line: trainable params: N || all params: M || trainable%: P."""
-        trainable = sum(a.size for a in self.trainable_parameters().values())
-        total = self.num_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
-              f"trainable%: {100 * trainable / total:.4f}")
-
-    # ------------------------------------------------------------ modes
-    def train(self, mode: bool = True, seed: int | None = None):
-        """Training mode turns LoRA dropout on; ``seed`` restarts its random stream."""
-        self.training = mode
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    @contextlib.contextmanager
-    def disable_adapter(self):
-        """``with model.disable_adapter():`` runs the base model."""
-        if self.merged:
-            raise ConfigError("the adapter is merged into the weights; unmerge_adapter() before "
-                              "disable_adapter().")
-        self._disabled = True
-        try:
-            yield self
-        finally:
-            self._disabled = False
+    def _adapter_arrays(self, adapter_name: str) -> dict[str, np.ndarray]:
+        return {f"{PREFIX}{key}.{name}": arr for key, t in self.lora[adapter_name].items()
+                for name, arr in t.items()}
 
     # ------------------------------------------------------------ forward / backward
     def _active_lora(self, name):
@@ -306,13 +246,6 @@ class PeftModel(GPT2):
             return {}
         return {(self._peft_bias_name(k) if not k.startswith(PREFIX) else k): v
                 for k, v in grads.items()}
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False):
-        if not self.peft_config:
-            raise ConfigError("this PeftModel has no adapter left; add_adapter one.")
-        return super().forward(input_ids, attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache)
 
     # ------------------------------------------------------------ merging
     def merge_adapter(self):
@@ -399,33 +332,18 @@ class PeftModel(GPT2):
                                    for key in keys}
 
     # ------------------------------------------------------------ saving
-    def save_pretrained(self, folder, selected_adapters=None):
-        """peft's format: adapter_config.json + adapter_model.safetensors per adapter
-        ("default" in ``folder``, others in ``folder/<name>``)."""
-        from .io import save_adapters
-        return save_adapters(self, folder, selected_adapters)
+    def _adapter_state(self, adapter_name):
+        from .io import adapter_state
+        return adapter_state(self, adapter_name)
 
     @classmethod
-    def from_pretrained(cls, model: GPT2, folder, adapter_name: str = "default",
-                        is_trainable: bool = False) -> "PeftModel":
-        """Load an adapter saved by peft or minipeft onto ``model`` (for inference unless
-        ``is_trainable``, as peft)."""
-        from .io import read_adapter
-        config, weights = read_adapter(folder, model)
-        pm = cls(model, _as_loaded(config, is_trainable), adapter_name=adapter_name)
-        pm._load_weights(adapter_name, weights, config.init_lora_weights)
-        return pm
+    def _read_state(cls, config, raw, model, path):
+        from .io import read_lora_state
+        return read_lora_state(config, raw, model, path)
 
-    def load_adapter(self, folder, adapter_name: str, is_trainable: bool = False):
-        """Load another saved adapter into this model under ``adapter_name``."""
-        from .io import read_adapter
-        config, weights = read_adapter(folder, self.base_model)
-        self.add_adapter(adapter_name, _as_loaded(config, is_trainable))
-        self._load_weights(adapter_name, weights, config.init_lora_weights)
-
-    def _load_weights(self, adapter_name, weights, init):
+    def _load_weights(self, adapter_name, weights, config):
         """Copy loaded tensors in; saved biases (bias="all"/"lora_only") replace the base's, as in peft."""
-        self.peft_config[adapter_name].init_lora_weights = init
+        self.peft_config[adapter_name].init_lora_weights = config.init_lora_weights
         for key, t in self.lora[adapter_name].items():
             for name, arr in t.items():
                 arr[...] = weights[f"{key}.{name}"]
@@ -433,26 +351,11 @@ class PeftModel(GPT2):
             if name in self.params:
                 self.params[name] = v.copy()
 
-    def __repr__(self):
-        return (f"PeftModel(adapters={sorted(self.peft_config)}, active={self.active_adapter!r}, "
-                f"n_layer={self.config.n_layer}, n_embd={self.config.n_embd})")
-
-
-def _as_loaded(config: LoraConfig, is_trainable: bool) -> LoraConfig:
-    """The config to create a loaded adapter with: no PiSSA/OLoRA re-init of the base
-    (the saved adapter assumes its base already holds the residual)."""
-    config = copy.deepcopy(config)
-    config.inference_mode = not is_trainable
-    if config.init_lora_weights in ("pissa", "olora"):
-        config.init_lora_weights = True
-    return config
-
-
-def get_peft_model(model: GPT2, config: LoraConfig, adapter_name: str = "default",
-                   seed: int = 0) -> PeftModel:
-    """Wrap ``model`` with a LoRA adapter, as peft.get_peft_model. The base stays frozen;
-    ``seed`` makes the adapter's initialisation repeatable."""
-    if not isinstance(config, LoraConfig):
-        raise ConfigError(f"get_peft_model needs a PEFT config such as LoraConfig, got "
-                          f"{type(config).__name__}.")
-    return PeftModel(model, config, adapter_name=adapter_name, seed=seed)
+    @staticmethod
+    def _as_loaded(config: LoraConfig, is_trainable: bool) -> LoraConfig:
+        """No PiSSA/OLoRA re-init of the base when loading (the saved adapter assumes its
+        base already holds the residual)."""
+        config = PeftModel._as_loaded(config, is_trainable)
+        if config.init_lora_weights in ("pissa", "olora"):
+            config.init_lora_weights = True
+        return config
