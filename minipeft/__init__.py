@@ -4,11 +4,15 @@ from .errors import (CheckpointError, ConfigError, HubError, InputError, Minipef
                      WeightsNotFoundError)
 from .io.checkpoint import convert_checkpoint
 from .model import GPT2
-from .peft import LoraConfig, PeftModel, get_peft_model
+from .peft import (BottleneckConfig, BottleneckModel, IA3Config, IA3Model, LoraConfig,
+                   PeftModel, PrefixTuningConfig, PrefixTuningModel, PromptTuningConfig,
+                   PromptTuningModel, get_peft_model)
 from .tokenizer import load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = ["GPT2", "GPT2Config", "convert_checkpoint", "load_tokenizer", "LoraConfig",
+           "BottleneckConfig", "BottleneckModel", "IA3Config", "IA3Model",
+           "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
            "PeftModel", "get_peft_model", "MinipeftError",
            "ConfigError", "InputError", "CheckpointError", "WeightsNotFoundError", "HubError"]

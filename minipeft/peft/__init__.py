@@ -10,10 +10,30 @@
                     add_weighted_adapter's combinations (linear, cat, svd)
     lora_config.py  LoraConfig
     lora_model.py   LoraModel: the _linear hooks, adapters, merging
+
+    ia3.py          IA3: the equations, forward, backward, merge
+    ia3_model.py    IA3Config, IA3Model: placement (peft's or the paper's), merging, saving
+
+    bottleneck.py   bottleneck adapters (Houlsby, Pfeiffer, parallel): the equations, forward, backward
+    bottleneck_model.py BottleneckConfig (AdapterHub's names, presets), BottleneckModel: _residual hooks
+
+    prefix.py       prefix tuning: the equations, the MLP, the per-layer (k, v) reshape, backward
+    prefix_model.py PrefixTuningConfig, PrefixTuningModel: the prefix as past keys/values
+                    (peft's positions or AdapterHub's), generate, saving
+
+    prompt.py       prompt tuning: the equations, the embedding with virtual tokens, backward
+    prompt_model.py PromptTuningConfig, PromptTuningModel: forward, loss, generate, saving
 """
 from .base import PeftModel
+from .bottleneck_model import BottleneckConfig, BottleneckModel
+from .ia3_model import IA3Config, IA3Model
 from .lora_config import LoraConfig
 from .lora_model import LoraModel
 from .mapping import get_peft_model
+from .prefix_model import PrefixTuningConfig, PrefixTuningModel
+from .prompt_model import PromptTuningConfig, PromptTuningModel
 
-__all__ = ["LoraConfig", "LoraModel", "PeftModel", "get_peft_model"]
+__all__ = ["BottleneckConfig", "BottleneckModel",
+           "IA3Config", "IA3Model", "LoraConfig", "LoraModel", "PeftModel",
+           "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig",
+           "PromptTuningModel", "get_peft_model"]

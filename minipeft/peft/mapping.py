@@ -6,11 +6,19 @@ name written in adapter_config.json) and the PeftModel subclass that runs it.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .bottleneck_model import BottleneckConfig, BottleneckModel
+from .ia3_model import IA3Config, IA3Model
 from .lora_config import LoraConfig
 from .lora_model import LoraModel
+from .prefix_model import PrefixTuningConfig, PrefixTuningModel
+from .prompt_model import PromptTuningConfig, PromptTuningModel
 
 MODEL_FOR_CONFIG = {
     LoraConfig: LoraModel,
+    PrefixTuningConfig: PrefixTuningModel,
+    PromptTuningConfig: PromptTuningModel,
+    IA3Config: IA3Model,
+    BottleneckConfig: BottleneckModel,
 }
 
 
