@@ -54,13 +54,54 @@ def _pretrain(args) -> None:
           f"train loss {info['final_train_loss']:.4f}, val loss {info['final_val_loss']:.4f} -> {args.out}")
 
 
-def _lora_config(args):
-    from .peft import LoraConfig
-    targets = args.target_modules
-    targets = targets if targets == "all-linear" else [t for t in targets.split(",") if t]
-    return LoraConfig(r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=targets, bias=args.bias, use_rslora=args.use_rslora,
-                      use_dora=args.use_dora, fan_in_fan_out=True)
+# the flags of each --method (a flag of another method is refused, not silently ignored)
+METHOD_FLAGS = {
+    "lora": ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora"),
+    "ia3": ("target_modules", "feedforward_modules", "c_attn_slices"),
+    "prefix": ("num_virtual_tokens", "prefix_projection", "encoder_hidden_size"),
+    "prompt": ("num_virtual_tokens", "prompt_init", "prompt_init_text"),
+    "bottleneck": ("adapter_preset", "reduction_factor", "non_linearity"),
+}
+
+
+def _names(value):
+    """"a,b" -> ["a", "b"]; "all-linear" stays a string; None stays None."""
+    return value if value in (None, "all-linear") else [t for t in value.split(",") if t]
+
+
+def _peft_config(args, tokenizer: str):
+    """The config of ``--method`` from its flags (peft's defaults for flags not given)."""
+    from . import (BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig,
+                   PromptTuningConfig)
+    for method, flags in METHOD_FLAGS.items():
+        for flag in flags:
+            if method != args.method and getattr(args, flag) is not None \
+                    and flag not in METHOD_FLAGS[args.method]:
+                raise MinipeftError(f"--{flag.replace('_', '-')} is a flag of --method {method}, "
+                                    f"not of --method {args.method}.")
+    given = {f: getattr(args, f) for f in METHOD_FLAGS[args.method] if getattr(args, f) is not None}
+    if args.method == "lora":
+        return LoraConfig(r=given.get("r", 8), lora_alpha=given.get("lora_alpha", 16),
+                          lora_dropout=given.get("lora_dropout", 0.05),
+                          target_modules=_names(given.get("target_modules", "c_attn")),
+                          bias=given.get("bias", "none"), use_rslora=bool(given.get("use_rslora")),
+                          use_dora=bool(given.get("use_dora")), fan_in_fan_out=True)
+    if args.method == "ia3":
+        return IA3Config(target_modules=_names(given.get("target_modules")),
+                         feedforward_modules=_names(given.get("feedforward_modules")),
+                         c_attn_slices=_names(given.get("c_attn_slices")), fan_in_fan_out=True)
+    if args.method == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=given.get("num_virtual_tokens", 20),
+                                  prefix_projection=bool(given.get("prefix_projection")),
+                                  encoder_hidden_size=given.get("encoder_hidden_size"))
+    if args.method == "prompt":
+        init = given.get("prompt_init", "random").upper()
+        return PromptTuningConfig(num_virtual_tokens=given.get("num_virtual_tokens", 20),
+                                  prompt_tuning_init=init,
+                                  prompt_tuning_init_text=given.get("prompt_init_text"),
+                                  tokenizer_name_or_path=tokenizer if init == "TEXT" else None)
+    kwargs = {k: given[k] for k in ("reduction_factor", "non_linearity") if k in given}
+    return BottleneckConfig(preset=given.get("adapter_preset", "pfeiffer"), **kwargs)
 
 
 def _finetune(args) -> None:
@@ -71,7 +112,8 @@ def _finetune(args) -> None:
     from .train.data import batches, encode_examples, read_jsonl
     from .train.plots import plot_losses
     from .train.trainer import Trainer, TrainingArguments, example_batches
-    _check_flags(args, r=1, lora_alpha=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
+    _check_flags(args, r=1, lora_alpha=0.0, num_virtual_tokens=1, encoder_hidden_size=1,
+                 reduction_factor=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
                  weight_decay=0, max_grad_norm=0, max_length=2, eval_steps=1, save_steps=1,
                  steps=1, lr=0.0, seed=0)
     out = Path(args.out)
@@ -89,7 +131,7 @@ def _finetune(args) -> None:
         eval_batches = batches(eval_enc, args.batch_size, args.seed, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pm = get_peft_model(model, _lora_config(args), seed=args.seed)
+        pm = get_peft_model(model, _peft_config(args, args.tokenizer or args.model), seed=args.seed)
     pm.print_trainable_parameters()
     targs = TrainingArguments(learning_rate=args.lr, max_steps=args.steps,
                               gradient_accumulation_steps=args.grad_accum, warmup_steps=args.warmup_steps,
@@ -131,6 +173,10 @@ def _merge(args) -> None:
     from . import GPT2, PeftModel
     from .io.checkpoint import resolve_model_folder, save_folder, tokenizer_files
     pm = PeftModel.from_pretrained(GPT2.from_pretrained(args.model), args.adapter)
+    if not hasattr(pm, "merge_and_unload"):
+        raise MinipeftError(f"{args.adapter} is a {pm.active_peft_config.peft_type} adapter, which adds "
+                            "tokens or layers rather than changing weights: it cannot be merged. Merge "
+                            "LoRA or IA3 adapters; run this one with --adapter in `minipeft generate`.")
     merged = pm.merge_and_unload()
     dst = save_folder(args.out, merged.config, merged.params, overwrite=args.overwrite,
                       extra_files=tokenizer_files(resolve_model_folder(args.model)))
@@ -185,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("finetune", help="LoRA fine-tuning on JSONL prompt/completion data",
+    p = sub.add_parser("finetune", help="fine-tuning (LoRA, IA3, prefix, prompt, bottleneck) on "
+                       "JSONL prompt/completion data",
                        description="Each line of DATA is {\"prompt\": ..., \"completion\": ...}; "
                        "the loss counts the completion tokens only.")
     p.add_argument("model", help="a model folder or name (e.g. tiny-shakespeare)")
@@ -193,15 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder: checkpoints, adapter/, loss.png")
     p.add_argument("--eval-data", help="held-out JSONL: eval loss and perplexity")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
-    p.add_argument("--method", choices=["lora"], default="lora")
-    p.add_argument("--r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--target-modules", default="c_attn",
-                   help="comma-separated (c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj) or all-linear")
-    p.add_argument("--bias", choices=["none", "all", "lora_only"], default="none")
-    p.add_argument("--use-rslora", action="store_true")
-    p.add_argument("--use-dora", action="store_true")
+    p.add_argument("--method", choices=list(METHOD_FLAGS), default="lora",
+                   help="the PEFT method (default lora); each has its own flags below")
+    g = p.add_argument_group("lora (LoRA, rsLoRA, DoRA)")
+    g.add_argument("--r", type=int, help="rank (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="alpha; scaling alpha/r (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.05)")
+    g.add_argument("--target-modules",
+                   help="lora, ia3: comma-separated (c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj) or "
+                   "all-linear (lora default c_attn; ia3 default peft's c_attn,mlp.c_proj)")
+    g.add_argument("--bias", choices=["none", "all", "lora_only"])
+    g.add_argument("--use-rslora", action="store_true", default=None)
+    g.add_argument("--use-dora", action="store_true", default=None)
+    g = p.add_argument_group("ia3")
+    g.add_argument("--feedforward-modules", help="the targets whose input is scaled (default mlp.c_proj)")
+    g.add_argument("--c-attn-slices", help="which of q,k,v of c_attn are scaled (the paper: k,v)")
+    g = p.add_argument_group("prefix, prompt")
+    g.add_argument("--num-virtual-tokens", type=int, help="virtual tokens (default 20)")
+    g.add_argument("--prefix-projection", action="store_true", default=None,
+                   help="prefix: train through the reparametrization MLP")
+    g.add_argument("--encoder-hidden-size", type=int, help="prefix: the MLP's width")
+    g.add_argument("--prompt-init", choices=["random", "text", "sample_vocab"],
+                   help="prompt: how the virtual tokens start (default random)")
+    g.add_argument("--prompt-init-text", help="prompt: the text for --prompt-init text")
+    g = p.add_argument_group("bottleneck adapters")
+    g.add_argument("--adapter-preset", choices=["pfeiffer", "houlsby", "parallel"],
+                   help="AdapterHub's seq_bn, double_seq_bn or par_bn (default pfeiffer)")
+    g.add_argument("--reduction-factor", type=float, help="n_embd / bottleneck width (default 16)")
+    g.add_argument("--non-linearity", help="relu, swish, gelu or tanh (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--warmup-steps", type=int, default=10)
@@ -221,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue a prompt (greedy or sampled), with an adapter or not")
     p.add_argument("model")
     p.add_argument("prompt")
-    p.add_argument("--adapter", help="a LoRA adapter folder (peft's format)")
+    p.add_argument("--adapter", help="an adapter folder (peft's format; any method)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--do-sample", action="store_true")
@@ -231,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("merge", help="merge a LoRA adapter into its model: a plain GPT-2 folder")
+    p = sub.add_parser("merge", help="merge a LoRA or IA3 adapter into its model: a plain GPT-2 folder")
     p.add_argument("model")
     p.add_argument("adapter")
     p.add_argument("out")

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from minipeft import (GPT2, CheckpointError, ConfigError, GPT2Config, InputError, LoraConfig,
-                      MinipeftError, PeftModel, WeightsNotFoundError, convert_checkpoint,
-                      get_peft_model, load_tokenizer)
+from minipeft import (GPT2, BottleneckConfig, CheckpointError, ConfigError, GPT2Config,
+                      IA3Config, InputError, LoraConfig, MinipeftError, PeftModel,
+                      PrefixTuningConfig, PromptTuningConfig, WeightsNotFoundError,
+                      convert_checkpoint, get_peft_model, load_tokenizer)
 from minipeft.cli import main
 from minipeft.demo import DemoConfig
 from minipeft.io.paths import bundled_dir
@@ -398,7 +399,7 @@ CASES = [
       r"which picks the method from peft_type"),
     C("adapter-unknown-peft-type", lambda t: PeftModel.from_pretrained(
         tiny(), adapter_with_config(t, peft_type="MYSTERY")), ConfigError,
-      r"has peft_type 'MYSTERY', which minipeft does not implement; it reads LORA"),
+      r"has peft_type .MYSTERY., which minipeft does not implement; it reads .*LORA"),
     C("adapter-option-minipeft-lacks", lambda t: PeftModel.from_pretrained(
         tiny(), adapter_with_config(t, rank_pattern={"c_attn": 4})), ConfigError,
       r"uses LORA options minipeft cannot honour: rank_pattern="),
@@ -502,6 +503,43 @@ CASES = [
     C("cli-pretrain-n-head-not-dividing", lambda t: cli("pretrain", jsonl(t, "text " * 500, "t.txt"),
                                                         t / "out", "--n-head", 3), CliFailed,
       r"n_embd \(128\) must be divisible by n_head \(3\)"),
+    # ---- the other PEFT methods: configs and inputs (issue 4)
+    C("bottleneck-reduction-factor-too-big", lambda t: get_peft_model(
+        tiny(), BottleneckConfig(reduction_factor=16)), ConfigError,
+      r"reduction_factor 16 leaves a bottleneck of .* = 0 for n_embd=8; choose a reduction_factor <= 8"),
+    C("bottleneck-reduction-factor-zero", lambda t: BottleneckConfig(reduction_factor=0), ConfigError,
+      r"reduction_factor must be a number > 0"),
+    C("bottleneck-unknown-preset", lambda t: BottleneckConfig(preset="middle"), ConfigError,
+      r"preset 'middle' is unknown; choose one of .*houlsby.*pfeiffer"),
+    C("bottleneck-no-placement", lambda t: BottleneckConfig(mh_adapter=False, output_adapter=False),
+      ConfigError, r"neither mh_adapter nor output_adapter: set mh_adapter=True"),
+    C("bottleneck-unknown-non-linearity", lambda t: BottleneckConfig(non_linearity="sigmoidx"),
+      ConfigError, r"non_linearity 'sigmoidx' is unknown; choose one of .*relu"),
+    C("prefix-zero-virtual-tokens", lambda t: PrefixTuningConfig(num_virtual_tokens=0), ConfigError,
+      r"num_virtual_tokens must be a positive integer .*got 0"),
+    C("prompt-zero-virtual-tokens", lambda t: PromptTuningConfig(num_virtual_tokens=0), ConfigError,
+      r"num_virtual_tokens must be a positive integer .*got 0"),
+    C("prefix-longer-than-n_positions", lambda t: get_peft_model(
+        tiny(), PrefixTuningConfig(num_virtual_tokens=12))(np.zeros((1, 8), int)), InputError,
+      r"12 virtual tokens \+ 0 cached \+ 8 new tokens = 20 positions exceeds n_positions=16. Use at most 4"),
+    C("prompt-longer-than-n_positions", lambda t: get_peft_model(
+        tiny(), PromptTuningConfig(num_virtual_tokens=12))(np.zeros((1, 8), int)), InputError,
+      r"12 virtual tokens \+ 8 tokens = 20 exceeds this model's n_positions=16; give at most 4"),
+    C("prefix-unknown-convention", lambda t: PrefixTuningConfig(num_virtual_tokens=3, convention="mid"),
+      ConfigError, r"convention must be 'peft' .* or 'adapters'"),
+    C("prefix-encoder-hidden-size-zero", lambda t: PrefixTuningConfig(
+        num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=0), ConfigError,
+      r"encoder_hidden_size must be a positive integer or None"),
+    C("prompt-text-init-without-text", lambda t: PromptTuningConfig(
+        num_virtual_tokens=3, prompt_tuning_init="TEXT"), ConfigError,
+      r"'TEXT' needs prompt_tuning_init_text"),
+    C("ia3-feedforward-not-targeted", lambda t: get_peft_model(tiny(), IA3Config(
+        target_modules=["c_attn"], feedforward_modules=["mlp.c_proj"])), ConfigError,
+      r"feedforward_modules \['mlp.c_proj'\] are not in target_modules \['c_attn'\].*Add them"),
+    C("ia3-unknown-module", lambda t: get_peft_model(tiny(), IA3Config(target_modules=["q_proj"])),
+      ConfigError, r"'q_proj' is not a linear layer of GPT-2. Choose from"),
+    C("ia3-unknown-slice", lambda t: IA3Config(c_attn_slices=["x"]), ConfigError,
+      r"c_attn_slices must be a non-empty list of distinct slices .*'q', 'k', 'v'"),
 ]
 
 

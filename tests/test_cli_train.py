@@ -74,6 +74,55 @@ def test_finetune_resume_generate_merge(tmp_path, capsys):
     assert (tmp_path / "merged" / "tokenizer.json").is_file()
 
 
+METHOD_RUNS = {
+    "ia3": ["--target-modules", "c_attn,mlp.c_proj", "--c-attn-slices", "k,v"],
+    "prefix": ["--num-virtual-tokens", 4, "--prefix-projection", "--encoder-hidden-size", 16],
+    "prompt": ["--num-virtual-tokens", 4, "--prompt-init", "text", "--prompt-init-text",
+               "name: The Eagle"],
+    "bottleneck": ["--adapter-preset", "houlsby", "--reduction-factor", 8],
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_RUNS))
+def test_finetune_every_method(tmp_path, capsys, method):
+    """Each method trains from the command line (the loss falls), saves in peft's format,
+    and its adapter generates; merge takes the weight-changing ones only."""
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(32, seed=1))
+    rc, out, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--method", method,
+                       "--steps", 6, "--batch-size", 8, "--lr", 1e-2, "--no-progress",
+                       *METHOD_RUNS[method])
+    assert rc == 0, err
+    assert "trainable params:" in out and "trained 6 steps" in out
+    adapter = tmp_path / "run" / "adapter"
+    # the training loss on the training examples fell: adapter against base, same batches
+    from minipeft import load_tokenizer
+    from minipeft.train.data import batches, encode_examples, read_jsonl
+    from minipeft.train.trainer import evaluate
+    tok = load_tokenizer(BUNDLED)
+    base = GPT2.from_pretrained(BUNDLED)
+    enc = encode_examples(read_jsonl(data), tok, base.config.n_positions - 4,
+                          tok.token_to_id("<|endoftext|>"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned = PeftModel.from_pretrained(GPT2.from_pretrained(BUNDLED), adapter)
+    assert evaluate(tuned, batches(enc, 8, 0, 0))["eval_loss"] < evaluate(base, batches(enc, 8, 0, 0))["eval_loss"]
+    rc, out, err = run(capsys, "generate", BUNDLED, "name: The Eagle", "--adapter", adapter,
+                       "--max-new-tokens", 6)
+    assert rc == 0 and out.strip(), err
+    rc, out, err = run(capsys, "merge", BUNDLED, adapter, tmp_path / "merged")
+    if method == "ia3":
+        assert rc == 0, err
+    else:
+        assert rc == 1 and "cannot be merged" in err and "Traceback" not in err
+
+
+def test_finetune_refuses_a_flag_of_another_method(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(8, seed=1))
+    rc, _, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--method", "ia3",
+                     "--r", 4)
+    assert rc == 1 and "--r is a flag of --method lora, not of --method ia3" in err
+
+
 @pytest.mark.parametrize("content,message", [
     ('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": " b"}\nnot json\n', "line 3"),
     ("", "no examples"),
