@@ -41,3 +41,18 @@ def test_readme_training_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert (tmp_path / "out" / "run" / "checkpoint-60" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_readme_methods_example_runs(tmp_path):
+    """The other methods' example: each trains, saves and loads back as its own model."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    code = next(b for b in blocks if "PrefixTuningConfig(" in b)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for line in ("trainable params: 3,584 || all params: 1,075,456",
+                 "ia3 5.581 base_model.model.transformer.h.0.attn.c_attn.ia3_l", "IA3Model (1, 21)",
+                 "PrefixTuningModel (1, 21)", "PromptTuningModel (1, 21)", "BottleneckModel (1, 21)"):
+        assert line in result.stdout
+    for name in ("ia3", "prefix", "prompt", "houlsby"):
+        assert (tmp_path / "out" / name / "adapter_config.json").is_file()
