@@ -3,6 +3,7 @@ generate, merge, info, pretrain — and their errors, printed without a tracebac
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -148,8 +149,13 @@ def test_finetune_refuses_an_occupied_output_folder(tmp_path, capsys):
 def test_info_table(capsys):
     rc, out, err = run(capsys, "info", BUNDLED)
     assert rc == 0, err
-    for text in ("full fine-tuning", "LoRA  c_attn", "DoRA  c_attn", "train memory"):
+    for text in ("full fine-tuning", "LoRA r=8 c_attn", "DoRA r=8 c_attn", "IA3 (peft's placement)",
+                 "prefix P=20, with the MLP", "prompt P=20 ", "bottleneck houlsby", "train memory"):
         assert text in out
+    # the tiny model's counts follow the README's formulas: IA3 = L (3C + 4C), prompt = P C
+    L, C = 4, 128
+    assert re.search(rf"IA3 \(peft's placement\)\s+{L * 7 * C:,}\s", out)
+    assert re.search(rf"prompt P=20\s+{20 * C:,}\s", out)
 
 
 def test_pretrain_smoke_and_python_dash_m(tmp_path, capsys):
