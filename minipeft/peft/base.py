@@ -35,6 +35,7 @@ class PeftModel(GPT2):
     """A frozen GPT2 with one or more adapters of one PEFT method (see the subclasses)."""
 
     config_class: type = None          # the method's config class (LoraConfig, IA3Config, ...)
+    _stores: tuple = ()                # the dicts adapter name -> tensors (made in _init_state)
 
     def __init__(self, model: GPT2, config, adapter_name: str = "default", seed: int = 0):
         if not isinstance(model, GPT2) or isinstance(model, PeftModel):
@@ -52,7 +53,7 @@ class PeftModel(GPT2):
         self.add_adapter(adapter_name, config, seed=seed)
 
     def _init_state(self):
-        """Create the method's containers (before the first add_adapter)."""
+        """Create the method's containers, the dicts of ``_stores`` (before the first add_adapter)."""
 
     # ------------------------------------------------------------ adapters
     def _check_new_adapter(self, adapter_name: str, config):
@@ -64,6 +65,33 @@ class PeftModel(GPT2):
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists; delete_adapter it first "
                               "or choose another name.")
+
+    def _register(self, adapter_name: str, config, **tensors):
+        """Keep a new adapter's config and tensors (``store=value`` for each of ``_stores``);
+        the first adapter becomes the active one."""
+        self.peft_config[adapter_name] = config
+        for store, value in tensors.items():
+            getattr(self, store)[adapter_name] = value
+        if len(self.peft_config) == 1:
+            self.set_adapter(adapter_name)
+
+    def set_adapter(self, adapter_name: str):
+        """Make ``adapter_name`` the active (and trainable) adapter; the base stays frozen."""
+        self._check_name(adapter_name)
+        if getattr(self, "merged", None):
+            raise ConfigError("unmerge_adapter() before switching adapters.")
+        self.active_adapter = adapter_name
+        self.trainable = set()
+
+    def delete_adapter(self, adapter_name: str):
+        self._check_name(adapter_name)
+        if adapter_name in getattr(self, "merged", ()):
+            raise ConfigError(f"adapter {adapter_name!r} is merged; unmerge_adapter() first.")
+        del self.peft_config[adapter_name]
+        for store in self._stores:
+            del getattr(self, store)[adapter_name]
+        if adapter_name == self.active_adapter and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
 
     def _check_name(self, adapter_name):
         if adapter_name not in self.peft_config:

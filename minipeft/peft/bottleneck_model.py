@@ -225,6 +225,7 @@ class BottleneckModel(PeftModel):
     """A GPT2 with bottleneck adapters: AdapterHub's GPT-2 adapters, in NumPy."""
 
     config_class = BottleneckConfig
+    _stores = ("adapters",)
 
     def _init_state(self):
         self.adapters: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # adapter -> module -> tensors
@@ -239,10 +240,7 @@ class BottleneckModel(PeftModel):
             if config.init_weights_seed is not None:   # AdapterHub: the same init in every module
                 rng = np.random.default_rng(config.init_weights_seed)
             tensors[module] = self._init_tensors(config, shapes, rng)
-        self.peft_config[adapter_name] = config
-        self.adapters[adapter_name] = tensors
-        if len(self.peft_config) == 1:
-            self.set_adapter(adapter_name)
+        self._register(adapter_name, config, adapters=tensors)
 
     def _init_tensors(self, config, shapes, rng) -> dict[str, np.ndarray]:
         dn = twin.down_name(config)
@@ -253,18 +251,6 @@ class BottleneckModel(PeftModel):
             if name not in t:
                 t[name] = (np.zeros if name.endswith(".bias") else np.ones)(shape, self.dtype)
         return t
-
-    def set_adapter(self, adapter_name: str):
-        """Make ``adapter_name`` the active (and trainable) adapter; the base stays frozen."""
-        self._check_name(adapter_name)
-        self.active_adapter = adapter_name
-        self.trainable = set()
-
-    def delete_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        del self.peft_config[adapter_name], self.adapters[adapter_name]
-        if adapter_name == self.active_adapter and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
 
     def _adapter_arrays(self, adapter_name: str) -> dict[str, np.ndarray]:
         return {f"{PREFIX}{module}.{name}": arr for module, t in self.adapters[adapter_name].items()

@@ -209,6 +209,7 @@ class IA3Model(PeftModel):
     """A GPT2 with IA3 adapters: peft's IA3Model for GPT-2, in NumPy."""
 
     config_class = IA3Config
+    _stores = ("ia3", "feedforward")
 
     def _init_state(self):
         self.ia3: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> {name: l}
@@ -240,25 +241,7 @@ class IA3Model(PeftModel):
                 t[f"{prefix}ia3_l"] = (np.ones(shape) if config.init_ia3_weights
                                        else rng.standard_normal(shape)).astype(self.dtype)
             tensors[key] = t
-        self.peft_config[adapter_name] = config
-        self.ia3[adapter_name], self.feedforward[adapter_name] = tensors, ff
-        if len(self.peft_config) == 1:
-            self.set_adapter(adapter_name)
-
-    def set_adapter(self, adapter_name: str):
-        """Make ``adapter_name`` the active (and trainable) adapter."""
-        self._check_name(adapter_name)
-        if self.merged:
-            raise ConfigError("unmerge_adapter() before switching adapters.")
-        self.active_adapter = adapter_name
-
-    def delete_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        if adapter_name in self.merged:
-            raise ConfigError(f"adapter {adapter_name!r} is merged; unmerge_adapter() first.")
-        del self.peft_config[adapter_name], self.ia3[adapter_name], self.feedforward[adapter_name]
-        if adapter_name == self.active_adapter and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
+        self._register(adapter_name, config, ia3=tensors, feedforward=ff)
 
     def _parts(self, adapter_name: str, key: str):
         """[(prefix, columns, l (n,) view of the live vector)] of one module."""

@@ -83,6 +83,7 @@ class LoraModel(PeftModel):
     """A GPT2 with LoRA adapters: peft's LoraModel for GPT-2, in NumPy."""
 
     config_class = LoraConfig
+    _stores = ("lora",)
 
     def _init_state(self):
         self.lora: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> tensors
@@ -116,17 +117,12 @@ class LoraModel(PeftModel):
                 t["lora_magnitude_vector"] = twin.dora_weight_norm(
                     W, t["lora_A.weight"], t["lora_B.weight"], config.scaling)
             tensors[key] = t
-        self.peft_config[adapter_name] = config
-        self.lora[adapter_name] = tensors
-        if len(self.peft_config) == 1:
-            self.set_adapter(adapter_name)
+        self._register(adapter_name, config, lora=tensors)
 
     def set_adapter(self, adapter_name: str):
-        """Make ``adapter_name`` the active (and trainable) adapter."""
-        self._check_name(adapter_name)
-        if self.merged:
-            raise ConfigError("unmerge_adapter() before switching adapters.")
-        self.active_adapter = adapter_name
+        """Make ``adapter_name`` the active (and trainable) adapter, with the biases its
+        ``bias`` setting trains."""
+        super().set_adapter(adapter_name)
         cfg = self.peft_config[adapter_name]
         biases = set()
         if cfg.bias == "all":
@@ -134,14 +130,6 @@ class LoraModel(PeftModel):
         elif cfg.bias == "lora_only":
             biases = {f"{k}.bias" for k in self.lora[adapter_name]}
         self.trainable = biases if not cfg.inference_mode else set()
-
-    def delete_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        if adapter_name in self.merged:
-            raise ConfigError(f"adapter {adapter_name!r} is merged; unmerge_adapter() first.")
-        del self.peft_config[adapter_name], self.lora[adapter_name]
-        if adapter_name == self.active_adapter and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
 
     def _parts(self, config: LoraConfig, key: str):
         return lora_parts(config, key, self.params[f"{key}.weight"].shape[1], self.config.n_embd)

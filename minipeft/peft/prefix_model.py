@@ -132,6 +132,7 @@ class PrefixTuningModel(PeftModel):
     PREFIX_TUNING (or AdapterHub's prefix tuning), in NumPy."""
 
     config_class = PrefixTuningConfig
+    _stores = ("prefix",)
     _trains_past = True
 
     def _init_state(self):
@@ -154,10 +155,7 @@ class PrefixTuningModel(PeftModel):
                  W2: uniform((out, H), H), B2: uniform(out, H)}
             if zero:
                 t[W2], t[B2] = np.zeros((out, H)), np.zeros(out)
-        self.prefix[adapter_name] = {k: v.astype(dt) for k, v in t.items()}
-        self.peft_config[adapter_name] = config
-        if len(self.peft_config) == 1:
-            self.set_adapter(adapter_name)
+        self._register(adapter_name, config, prefix={k: v.astype(dt) for k, v in t.items()})
 
     def _filled(self, config: PrefixTuningConfig) -> PrefixTuningConfig:
         """Fill the model's sizes in (as peft's _prepare_prompt_learning_config); check them."""
@@ -176,16 +174,6 @@ class PrefixTuningModel(PeftModel):
                               f"0..{P - 1}, leaving no position for a token (n_positions={n}); use "
                               f"fewer virtual tokens or convention='adapters'.")
         return config
-
-    def set_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        self.active_adapter = adapter_name
-
-    def delete_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        del self.peft_config[adapter_name], self.prefix[adapter_name]
-        if adapter_name == self.active_adapter and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
 
     def _adapter_arrays(self, adapter_name):
         return self.prefix[adapter_name]

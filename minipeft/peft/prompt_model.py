@@ -133,6 +133,7 @@ class PromptTuningModel(PeftModel):
     PeftModelForCausalLM with PROMPT_TUNING, in NumPy."""
 
     config_class = PromptTuningConfig
+    _stores = ("prompts",)
 
     def _init_state(self):
         self.prompts: dict[str, np.ndarray] = {}        # adapter -> prompt_embeddings (P, C)
@@ -152,10 +153,7 @@ class PromptTuningModel(PeftModel):
             prompt = wte[twin.text_init_ids(self._text_ids(config), P)].copy()
         else:
             prompt = twin.random_init(rng, P, C, self.dtype)
-        self.peft_config[adapter_name] = config
-        self.prompts[adapter_name] = prompt
-        if len(self.peft_config) == 1:
-            self.set_adapter(adapter_name)
+        self._register(adapter_name, config, prompts=prompt)
 
     def _filled(self, config: PromptTuningConfig) -> PromptTuningConfig:
         """A copy with the model's sizes filled in, as peft's get_peft_model does."""
@@ -188,17 +186,6 @@ class PromptTuningModel(PeftModel):
                               f"{max(ids)}, outside this model's vocabulary of {self.config.vocab_size}: "
                               "use the tokenizer the model was trained with.")
         return ids
-
-    def set_adapter(self, adapter_name: str):
-        """Make ``adapter_name`` the active (and trainable) adapter."""
-        self._check_name(adapter_name)
-        self.active_adapter = adapter_name
-
-    def delete_adapter(self, adapter_name: str):
-        self._check_name(adapter_name)
-        del self.peft_config[adapter_name], self.prompts[adapter_name]
-        if adapter_name == self.active_adapter and self.peft_config:
-            self.set_adapter(next(iter(self.peft_config)))
 
     def _adapter_arrays(self, adapter_name: str) -> dict[str, np.ndarray]:
         return {KEY: self.prompts[adapter_name]}
