@@ -28,6 +28,7 @@ from minipeft.peft import ia3 as T
 from minipeft.testing import assert_close, cmp, grad_check
 
 from test_lora_vs_peft import SMALL, _config
+from test_lora_vs_peft import torch_loss_and_grads as lora_reference
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 FD_TOL = 1e-6
@@ -80,15 +81,7 @@ def make_pair(hf_model, kwargs, dtype="float64", seed=0, paper=False):
 
 
 def torch_loss_and_grads(pm_t, ids=IDS, labels=LABELS):
-    import torch
-    pm_t.zero_grad()
-    logits = pm_t(torch.as_tensor(ids)).logits
-    lab = torch.as_tensor(labels)
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
-    loss.backward()
-    grads = {peft_key(n): p.grad.numpy().copy() for n, p in pm_t.named_parameters() if p.requires_grad}
-    return logits.detach().numpy(), loss.item(), grads
+    return lora_reference(pm_t, ids, labels, name=peft_key)
 
 
 def torch_logits(pm_t, ids=IDS):

@@ -59,7 +59,9 @@ def _config(hf_model):
     return GPT2Config.from_hf_dict(hf_model.config.to_dict())
 
 
-def torch_loss_and_grads(pm_t, ids, labels):
+def torch_loss_and_grads(pm_t, ids, labels, name=peft_name):
+    """peft's logits, loss (torch's cross_entropy on the shifted labels) and the gradients of
+    its trainable parameters, keyed by ``name(parameter name)``."""
     import torch
     pm_t.zero_grad()
     logits = pm_t(torch.as_tensor(ids)).logits
@@ -67,7 +69,7 @@ def torch_loss_and_grads(pm_t, ids, labels):
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
     loss.backward()
-    grads = {peft_name(n): p.grad.numpy().copy() for n, p in pm_t.named_parameters() if p.requires_grad}
+    grads = {name(n): p.grad.numpy().copy() for n, p in pm_t.named_parameters() if p.requires_grad}
     return logits.detach().numpy(), loss.item(), grads
 
 
