@@ -188,6 +188,11 @@ def _info(args) -> None:
     print_info(args.model, r=args.r)
 
 
+def _bench(args) -> None:
+    from .bench import run_args
+    run_args(args)
+
+
 def _training_flags(p, steps, lr):
     p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
@@ -283,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _training_flags(p, 200, 3e-3)
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("bench", help="minipeft against torch + peft on this CPU: speed and memory, "
+                       "one run", description="Measures minipeft and torch + peft alternately on the "
+                       "same shapes and random weights (see benchmarks/README.md).")
+    from .bench import add_arguments          # loads only numpy and minipeft.errors
+    add_arguments(p)
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("generate", help="continue a prompt (greedy or sampled), with an adapter or not")
     p.add_argument("model")

@@ -1,0 +1,98 @@
+"""The benchmark harness runs end to end on a tiny GPT-2 and prints every row.
+
+Smoke tests only: no time is asserted (timings come from running the benchmark by
+hand, DEVELOPERS.md). What is asserted: every section prints its rows with numbers,
+every PEFT method is either measured or skipped with a printed reason, the FLOP
+count follows its formula, and bad flags are refused with a message.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from minipeft import bench
+
+TINY = ["--quick", "--reps", "1", "--warmup", "0", "--pause", "0"]
+NUMBER = r"[\d,]+\.\d+"
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One thread per library in the memory children (the torch test sets torch's own):
+    other tests may run alongside, and spinning thread pools on an oversubscribed CPU
+    make a smoke run slow."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+
+
+def run_bench(capsys, *flags):
+    assert bench.main(TINY + list(flags)) == 0
+    return capsys.readouterr().out
+
+
+def row(out: str, label: str, after: str = "") -> str:
+    """The first line starting with ``label`` (after the line containing ``after``)."""
+    lines = out.split(after, 1)[1].splitlines() if after else out.splitlines()
+    found = [ln for ln in lines if ln.startswith(label)]
+    assert found, f"no row {label!r} in:\n{out}"
+    return found[0]
+
+
+def test_minipeft_alone_prints_every_section(capsys):
+    out = run_bench(capsys, "--no-torch")
+    for label in ("LoRA training step, tokens/s", "forward (logits, no grad), tokens/s",
+                  "greedy decode, KV cache, batch 1, new tokens/s",
+                  "training step peak memory, MiB over set-up"):
+        r = row(out, label)
+        assert re.search(NUMBER, r[len(label):]), r               # minipeft's number
+        assert "—" in r                                           # no torch column
+    assert re.search(r"peak \(FLOP-weighted\) " + NUMBER, out)
+    assert re.search(r"minipeft: " + NUMBER + r" GFLOP/s = \d+% of the peak", out)
+    for op in ("embedding fwd", "layernorm fwd", "linear fwd", "LoRA fwd", "attention fwd",
+               "gelu fwd", "lm_head fwd", "cross-entropy fwd", "attention bwd", "LoRA bwd",
+               "linear bwd", "layernorm bwd", "AdamW step", "other"):
+        assert re.search(r"\d+\.\d+%", row(out, op)), op
+    for label, _ in bench.METHODS:                                # measured, or a reason why not
+        r = row(out, label + "  ", after="per PEFT method")
+        assert re.search(r"\d+\.\d+\s+\d+\.\d+$", r) or "skipped:" in r, r
+    assert re.search(r"^LoRA\s.*\s1\.00$", out, re.M)             # LoRA against itself
+    assert "machine:" in out and "reproduce: python -m minipeft.bench --quick" in out
+
+
+def test_against_torch_fills_both_columns(capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_bench(capsys, "--only", "train,forward,decode,memory")
+    finally:
+        torch.set_num_threads(threads)
+    for label in ("LoRA training step", "forward (logits, no grad)", "greedy decode",
+                  "training step peak memory"):
+        r = row(out, label)
+        assert len(re.findall(NUMBER, r.split("≥")[0].split("≤")[0])) == 3, r   # ours, theirs, ratio
+    # The same random weights on both sides: float32 logits agree as the suite's
+    # float32 comparisons do (sums over C in another order, tolerance 1e-4).
+    diff = float(re.search(r"max\|a−b\|/max\|b\| = (\S+?),", out).group(1))
+    assert diff < 1e-4
+    assert "profile" not in out and "per PEFT method" not in out   # --only was obeyed
+
+
+def test_lora_flop_count_follows_the_formula():
+    cfg = bench.BenchConfig()                                     # GPT-2 124M, 4 × 128, r=8, c_attn
+    N, T, C, V, L, r = 512, 128, 768, 50257, 12, 8
+    expected = L * (48 * N * C * C + 12 * N * T * C) + 4 * N * C * V + L * 6 * N * r * (C + 3 * C)
+    assert bench.lora_step_flops(cfg) == expected
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--only", "train,nope"], "unknown section"),
+    (["--reps", "0"], "--reps must be >= 1"),
+    (["--seq", "100"], "n_positions"),                            # --quick has n_positions 64
+])
+def test_bad_flags_are_refused(capsys, flags, message):
+    assert bench.main(TINY + ["--no-torch"] + flags) == 1
+    assert message in capsys.readouterr().err
