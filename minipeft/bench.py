@@ -389,6 +389,16 @@ PROFILED_FUNCTIONS = {               # module -> {function looked up there at ca
         "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
         "cross_entropy_forward": "cross-entropy fwd", "cross_entropy_backward": "cross-entropy bwd",
     },
+    "minipeft.kernels.ops": {            # GPT2.ops with use_kernels (the default)
+        "layernorm_forward": "layernorm fwd", "layernorm_backward": "layernorm bwd",
+        "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
+        "cross_entropy": "cross-entropy fwd+bwd",
+    },
+    "minipeft.ops": {                    # GPT2.ops with use_kernels = False (the NumPy twins)
+        "layernorm_forward": "layernorm fwd", "layernorm_backward": "layernorm bwd",
+        "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
+        "cross_entropy": "cross-entropy fwd+bwd",
+    },
     "minipeft.kernels.lora": {
         "lora_forward": "LoRA fwd", "lora_backward": "LoRA bwd", "dora_weight_norm": "LoRA fwd",
         "dora_forward": "LoRA fwd", "dora_backward": "LoRA bwd",

@@ -25,17 +25,24 @@ import numpy as np
 from ..config import GPT2Config
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
+from .. import ops as twins
 from ..ops import (attention_backward, attention_forward, attention_mask_allowed,
-                   cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                   embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-                   layernorm_forward, linear_backward, linear_forward, merge_heads,
-                   merge_heads_backward, residual_backward, residual_forward, shift_labels,
-                   split_heads, split_heads_grad)
+                   cross_entropy_forward, embedding_backward, embedding_forward,
+                   linear_backward, linear_forward, merge_heads, merge_heads_backward,
+                   residual_backward, residual_forward, shift_labels, split_heads,
+                   split_heads_grad)
 from .generate import generate as _generate
 from .inputs import (check_attention_mask, check_input_ids, check_labels, check_past_key_values,
                      check_position_ids)
 
 DTYPES = (np.float32, np.float64)
+
+
+def _kernels():
+    from ..kernels import ops as kernels       # Numba compiles (or loads its cache) on first use
+    return kernels
+
+
 NO_PAST_BACKWARD = ("backward through a KV cache is not supported: run forward on the whole "
                     "sequence (no past_key_values) before backward.")
 
@@ -59,6 +66,7 @@ class GPT2:
                               "cast them, e.g. {k: v.astype(np.float32) for k, v in params.items()}.")
         self.config = config
         self.params = params
+        self.use_kernels = True     # layernorm, GELU, cross-entropy: Numba kernels; False: NumPy twins
         self.trainable = set(params) if trainable is None else set(trainable)
         unknown = sorted(self.trainable - set(params))
         if unknown:
@@ -82,8 +90,16 @@ class GPT2:
         dtype = np.dtype(dtype)
         if dtype not in DTYPES:
             raise ConfigError(f"minipeft runs in float32 or float64, not {dtype}.")
-        return type(self)(self.config, {k: v.astype(dtype) for k, v in self.params.items()},
-                          self.trainable)
+        new = type(self)(self.config, {k: v.astype(dtype) for k, v in self.params.items()},
+                         self.trainable)
+        new.use_kernels = self.use_kernels
+        return new
+
+    @property
+    def ops(self):
+        """Where layernorm, GELU and cross-entropy come from: kernels/ops.py (Numba), or
+        with ``use_kernels = False`` their plain NumPy twins in ops/."""
+        return _kernels() if self.use_kernels else twins
 
     @property
     def dtype(self) -> np.dtype:
@@ -134,9 +150,10 @@ class GPT2:
             x, layer_cache = self._block_forward(i, x, allowed, layer_past)
             hidden_states.append(x)
             layer_caches.append(layer_cache)
-        xf, lnf_cache = layernorm_forward(x, P["transformer.ln_f.weight"],
-                                          P["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
-        logits = xf @ P["transformer.wte.weight"].T                     # (B, T, V) tied lm_head
+        xf, lnf_cache = self.ops.layernorm_forward(x, P["transformer.ln_f.weight"],
+                                                   P["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
+        B, C = xf.shape[0], xf.shape[-1]
+        logits = (xf.reshape(-1, C) @ P["transformer.wte.weight"].T).reshape(B, T, -1)  # (B, T, V) tied lm_head
         cache = {
             "embedding": emb_cache,      # ids (B, T), positions (B, T)
             "layers": layer_caches,      # one dict per block, see _block_forward
@@ -159,7 +176,8 @@ class GPT2:
         ``layer_past``: this layer's cached (k, v), each (B, NH, T_past, hs)."""
         cfg, P, h = self.config, self.params, f"transformer.h.{i}"
         eps = cfg.layer_norm_epsilon
-        ln1, ln1_c = layernorm_forward(x, P[f"{h}.ln_1.weight"], P[f"{h}.ln_1.bias"], eps)
+        ops = self.ops
+        ln1, ln1_c = ops.layernorm_forward(x, P[f"{h}.ln_1.weight"], P[f"{h}.ln_1.bias"], eps)
         qkv, c_attn_c = self._linear(f"{h}.attn.c_attn", ln1)          # (B, T, 3C)
         q, k, v = split_heads(qkv, cfg.n_head)                          # (B, NH, T, hs) each
         if layer_past is not None:                                      # KV cache: prepend the past
@@ -168,9 +186,9 @@ class GPT2:
         y, attn_c = self._attention(i, q, k, v, allowed)                # (B, NH, T, hs)
         a, c_proj_c = self._linear(f"{h}.attn.c_proj", merge_heads(y))  # (B, T, C)
         x2, res1_c = self._residual(f"{h}.attn", x, a)                  # x + a
-        ln2, ln2_c = layernorm_forward(x2, P[f"{h}.ln_2.weight"], P[f"{h}.ln_2.bias"], eps)
+        ln2, ln2_c = ops.layernorm_forward(x2, P[f"{h}.ln_2.weight"], P[f"{h}.ln_2.bias"], eps)
         f, c_fc_c = self._linear(f"{h}.mlp.c_fc", ln2)                  # (B, T, 4C)
-        g, gelu_c = gelu_forward(f)                                     # (B, T, 4C)
+        g, gelu_c = ops.gelu_forward(f)                                 # (B, T, 4C)
         m, mlp_proj_c = self._linear(f"{h}.mlp.c_proj", g)              # (B, T, C)
         x3, res2_c = self._residual(f"{h}.mlp", x2, m)                  # x2 + m
         cache = {"ln_1": ln1_c, "attn.c_attn": c_attn_c, "attn": attn_c,
@@ -242,12 +260,12 @@ class GPT2:
                              f"cache gave logits {cache['xf'].shape[:-1] + (V,)}; pass the gradient "
                              "of the loss with respect to those logits.")
         # logits = xf @ wte.T
-        dxf = dlogits @ wte                                             # (B, T, C)
+        dxf = (dlogits.reshape(-1, V) @ wte).reshape(cache["xf"].shape)  # (B, T, C)
         dwte = None
         if "transformer.wte.weight" in self.trainable:
             dwte = dlogits.reshape(-1, V).T @ cache["xf"].reshape(-1, cfg.n_embd)  # (V, C)
         # xf = ln_f(x)
-        dx, dg, db = layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
+        dx, dg, db = self.ops.layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
         self._put(grads, "transformer.ln_f.weight", dg)
         self._put(grads, "transformer.ln_f.bias", db)
         for i in reversed(range(cfg.n_layer)):
@@ -263,10 +281,11 @@ class GPT2:
         dx2, dm = self._residual_backward(f"{h}.mlp", dout, c["mlp.residual"], grads)
         # m = mlp.c_proj(g); g = gelu(f); f = mlp.c_fc(ln2)
         dg = self._linear_backward(f"{h}.mlp.c_proj", dm, c["mlp.c_proj"], grads)
-        df = gelu_backward(dg, c["gelu"])
+        ops = self.ops
+        df = ops.gelu_backward(dg, c["gelu"])
         dln2 = self._linear_backward(f"{h}.mlp.c_fc", df, c["mlp.c_fc"], grads)
         # ln2 = ln_2(x2)
-        dx2_ln, dgam, dbeta = layernorm_backward(dln2, c["ln_2"], self._needs(f"{h}.ln_2"))
+        dx2_ln, dgam, dbeta = ops.layernorm_backward(dln2, c["ln_2"], self._needs(f"{h}.ln_2"))
         self._put(grads, f"{h}.ln_2.weight", dgam)
         self._put(grads, f"{h}.ln_2.bias", dbeta)
         dx2 = dx2 + dx2_ln
@@ -282,7 +301,7 @@ class GPT2:
         dln1 = self._linear_backward(f"{h}.attn.c_attn", merge_heads_backward(dq, dk, dv),
                                      c["attn.c_attn"], grads)
         # ln1 = ln_1(x)
-        dx_ln, dgam, dbeta = layernorm_backward(dln1, c["ln_1"], self._needs(f"{h}.ln_1"))
+        dx_ln, dgam, dbeta = ops.layernorm_backward(dln1, c["ln_1"], self._needs(f"{h}.ln_1"))
         self._put(grads, f"{h}.ln_1.weight", dgam)
         self._put(grads, f"{h}.ln_1.bias", dbeta)
         return dx + dx_ln
@@ -309,9 +328,8 @@ class GPT2:
         ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
         labels = check_labels(labels, ids.shape, self.config.vocab_size)
         logits, cache = self.forward(ids, attention_mask)
-        loss, loss_cache = cross_entropy_forward(logits, shift_labels(labels))
+        loss, dlogits = self.ops.cross_entropy(logits, shift_labels(labels))  # kernel: in place
         del logits
-        dlogits = cross_entropy_backward(1.0, loss_cache)
         return loss, self.backward(dlogits, cache)
 
     def loss(self, input_ids, labels, attention_mask=None) -> float:

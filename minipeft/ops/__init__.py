@@ -6,5 +6,6 @@ from .embedding import embedding_backward, embedding_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
-from .loss import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward, shift_labels
+from .loss import (IGNORE_INDEX, cross_entropy, cross_entropy_backward, cross_entropy_forward,
+                   shift_labels)
 from .residual import residual_backward, residual_forward

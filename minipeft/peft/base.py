@@ -46,7 +46,6 @@ class PeftModel(GPT2):
         self.peft_config: dict = {}
         self.active_adapter = adapter_name
         self.training = False
-        self.use_kernels = True            # Numba kernels; False: the plain NumPy twins
         self._disabled = False
         self._rng = np.random.default_rng(seed)
         self._init_state()

@@ -1,0 +1,180 @@
+"""Numba kernels for GPT-2's own ops, the fast twins of ``minipeft/ops/``.
+
+Each kernel has the signature of its NumPy twin (layernorm.py, gelu.py, loss.py) and
+returns the same values; tests/test_ops_kernels.py holds them equal. What they fuse:
+
+    layernorm_forward    the shift, the float64 mean and variance, xhat and the affine
+                         map of a row in three passes over it, in xhat's own buffer, no
+                         (B, T, C) temporaries; rounded where the twin rounds (the
+                         variance of the rounded xc: measured, an exact float64 xc that
+                         disagrees with the rounded xhat makes float32 gradients through
+                         a near one-hot softmax 10x noisier)
+    layernorm_backward   dxhat, its two row means and dx in two passes per row
+    gelu_forward         u, tanh(u) and the output in one pass; the cache keeps x alone
+                         (the backward recomputes tanh: one (B, T, 4C) array less per
+                         layer held from forward to backward)
+    gelu_backward        gelu'(x) · dout in one pass
+    cross_entropy        the loss AND its gradient in one pass over the logits, written
+                         in place over them: the (N, V) logits are the step's largest
+                         array (512 × 50257 floats = 98 MiB at GPT-2's shape), and the
+                         twin makes four more of that size (the counted rows, x - max,
+                         the softmax, the gradient)
+
+Serial, as kernels/lora.py explains: Numba's worker threads spin after a parallel loop
+and slow the BLAS call that follows. The arithmetic is the twin's, in float64 where the
+twin accumulates in float64 (row sums of layernorm and the loss); elsewhere it follows
+the input's dtype, so float32 results agree with the twins to float32 rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ..ops.gelu import _A, _K
+from ..ops.loss import IGNORE_INDEX
+
+_jit = dict(cache=True, fastmath=False)
+
+
+# ------------------------------------------------------------------ layernorm
+@njit(**_jit)
+def _layernorm_rows(x, g, b, eps, out, xhat, rstd):
+    N, C = x.shape
+    for n in range(N):
+        xc = xhat[n]                           # the row's buffer, in x's dtype (as the twin)
+        s = 0.0
+        for c in range(C):
+            xc[c] = x[n, c] - x[n, 0]          # about x[0]: a constant row gives exactly 0
+            s += xc[c]
+        mean = s / C                           # float64
+        v = 0.0
+        for c in range(C):
+            xc[c] = xc[c] - mean               # rounded to x's dtype, as the twin's xc -= mean
+            v += np.float64(xc[c]) * np.float64(xc[c])
+        rstd[n, 0] = 1.0 / math.sqrt(v / C + eps)
+        r = rstd[n, 0]                         # in x's dtype
+        for c in range(C):
+            xc[c] = xc[c] * r
+            out[n, c] = xc[c] * g[c] + b[c]
+
+
+def layernorm_forward(x, g, b, eps):
+    """x (..., C), g (C,), b (C,) -> out (..., C); cache = (xhat, rstd, g)."""
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, C)
+    out, xhat = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)
+    _layernorm_rows(x2, g, b, eps, out, xhat, rstd)
+    shape = x.shape
+    return out.reshape(shape), (xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), g)
+
+
+@njit(**_jit)
+def _layernorm_backward_rows(dout, xhat, rstd, g, dx):
+    N, C = dout.shape
+    for n in range(N):
+        s1 = 0.0
+        s2 = 0.0
+        for c in range(C):
+            dxh = dout[n, c] * g[c]
+            s1 += dxh
+            s2 += dxh * xhat[n, c]
+        m1 = s1 / C                            # mean(dxhat)
+        m2 = s2 / C                            # mean(dxhat * xhat)
+        r = rstd[n, 0]
+        for c in range(C):
+            dx[n, c] = (dout[n, c] * g[c] - m1 - xhat[n, c] * m2) * r
+
+
+def layernorm_backward(dout, cache, need_params=True):
+    """dout (..., C) -> (dx (..., C), dg (C,), db (C,)); dg, db None if not needed."""
+    xhat, rstd, g = cache
+    C = dout.shape[-1]
+    d2 = np.ascontiguousarray(dout).reshape(-1, C)
+    xh2 = xhat.reshape(-1, C)
+    dg = db = None
+    if need_params:
+        dg = np.einsum("nc,nc->c", d2, xh2)
+        db = d2.sum(axis=0)
+    dx = np.empty_like(d2)
+    _layernorm_backward_rows(d2, xh2, rstd.reshape(-1, 1), g, dx)
+    return dx.reshape(dout.shape), dg, db
+
+
+# ------------------------------------------------------------------ GELU
+@njit(**_jit)
+def _gelu(x, out):
+    for i in range(x.size):
+        v = x[i]
+        t = math.tanh(_K * (v + _A * v * v * v))
+        out[i] = 0.5 * (1.0 + t) * v
+
+
+@njit(**_jit)
+def _gelu_backward(x, dout, dx):
+    for i in range(x.size):
+        v = x[i]
+        t = math.tanh(_K * (v + _A * v * v * v))
+        c = min(max(v, -100.0), 100.0)         # (1 - t²) = 0 beyond: x² stays finite
+        du = _K * (1.0 + 3.0 * _A * c * c)
+        dx[i] = (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du) * dout[i]
+
+
+def gelu_forward(x):
+    """Elementwise; the cache is x alone (the backward recomputes tanh(u))."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _gelu(x.reshape(-1), out.reshape(-1))
+    return out, (x, None)
+
+
+def gelu_backward(dout, cache):
+    x = cache[0]
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty_like(x)
+    _gelu_backward(x.reshape(-1), dout.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ------------------------------------------------------------------ cross-entropy
+@njit(**_jit)
+def _cross_entropy_inplace(x, t, count):
+    """Row n: loss += lse - x[t]; then x[n] becomes (softmax - onehot) / count (0 if ignored)."""
+    N, V = x.shape
+    total = 0.0
+    for n in range(N):
+        if t[n] == IGNORE_INDEX:
+            for j in range(V):
+                x[n, j] = 0.0
+            continue
+        xt = np.float64(x[n, t[n]])
+        m = x[n, 0]
+        for j in range(1, V):
+            if x[n, j] > m:
+                m = x[n, j]
+        z = 0.0
+        for j in range(V):
+            e = math.exp(np.float64(x[n, j]) - m)  # exp(-inf) = 0 for float32 logits of ±3e38
+            x[n, j] = e
+            z += e
+        total += np.float64(m) + math.log(z) - xt        # logsumexp - x_t, in float64
+        scale = 1.0 / (z * count)
+        for j in range(V):
+            x[n, j] = x[n, j] * scale
+        x[n, t[n]] -= 1.0 / count
+    return total / count
+
+
+def cross_entropy(logits, targets):
+    """logits (..., V), targets (...) -> (loss, dlogits): the loss and its gradient in one
+    pass, the gradient written over ``logits`` (which the caller gives up)."""
+    V = logits.shape[-1]
+    x = logits.reshape(-1, V)
+    if not x.flags.c_contiguous:
+        raise ValueError("cross_entropy works in place: logits must be C-contiguous")
+    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    count = int(np.count_nonzero(t != IGNORE_INDEX))
+    loss = _cross_entropy_inplace(x, t, count)
+    return float(loss), logits
