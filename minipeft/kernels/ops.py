@@ -10,10 +10,7 @@ returns the same values; tests/test_ops_kernels.py holds them equal. What they f
                          disagrees with the rounded xhat makes float32 gradients through
                          a near one-hot softmax 10x noisier)
     layernorm_backward   dxhat, its two row means and dx in two passes per row
-    gelu_forward         u, tanh(u) and the output in one pass; the cache keeps x alone
-                         (the backward recomputes tanh: one (B, T, 4C) array less per
-                         layer held from forward to backward)
-    gelu_backward        gelu'(x) · dout in one pass
+    gelu                 none: the twin's in-place NumPy lines win (see GELU below)
     cross_entropy        the loss AND its gradient in one pass over the logits, written
                          in place over them: the (N, V) logits are the step's largest
                          array (512 × 50257 floats = 98 MiB at GPT-2's shape), and the
@@ -32,8 +29,11 @@ import math
 import numpy as np
 from numba import njit
 
-from ..ops.gelu import _A, _K
+from ..ops.gelu import gelu_backward, gelu_forward     # the twins (see GELU below)
 from ..ops.loss import IGNORE_INDEX
+
+__all__ = ["layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
+           "cross_entropy"]
 
 _jit = dict(cache=True, fastmath=False)
 
@@ -104,38 +104,10 @@ def layernorm_backward(dout, cache, need_params=True):
 
 
 # ------------------------------------------------------------------ GELU
-@njit(**_jit)
-def _gelu(x, out):
-    for i in range(x.size):
-        v = x[i]
-        t = math.tanh(_K * (v + _A * v * v * v))
-        out[i] = 0.5 * (1.0 + t) * v
-
-
-@njit(**_jit)
-def _gelu_backward(x, dout, dx):
-    for i in range(x.size):
-        v = x[i]
-        t = math.tanh(_K * (v + _A * v * v * v))
-        c = min(max(v, -100.0), 100.0)         # (1 - t²) = 0 beyond: x² stays finite
-        du = _K * (1.0 + 3.0 * _A * c * c)
-        dx[i] = (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du) * dout[i]
-
-
-def gelu_forward(x):
-    """Elementwise; the cache is x alone (the backward recomputes tanh(u))."""
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    _gelu(x.reshape(-1), out.reshape(-1))
-    return out, (x, None)
-
-
-def gelu_backward(dout, cache):
-    x = cache[0]
-    dout = np.ascontiguousarray(dout, dtype=x.dtype)
-    dx = np.empty_like(x)
-    _gelu_backward(x.reshape(-1), dout.reshape(-1), dx.reshape(-1))
-    return dx
+# The twin is the fast path: NumPy's tanh is vectorised (SIMD), a Numba loop calls a
+# scalar tanh per element. Measured on (512, 3072) float32: the twin's forward 3.5 ms; a
+# Numba loop 25 ms (float32) to 34 ms (float64), 7 ms with tanh written through exp
+# under fastmath. So GELU is not a kernel (gelu_forward / gelu_backward are re-exported).
 
 
 # ------------------------------------------------------------------ cross-entropy
