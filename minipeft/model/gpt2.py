@@ -211,8 +211,10 @@ class GPT2:
 
     # Hooks: the places where PEFT methods change the model, each with its backward.
     def _linear(self, name: str, x):
-        """The Conv1D called ``name`` (LoRA, IA3 override this): -> (out, cache)."""
-        return linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
+        """The Conv1D called ``name`` (LoRA, IA3 override this): -> (out, cache). A frozen
+        weight keeps no input for backward, which needs it only for the weight's gradient."""
+        out, x = linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
+        return out, (x if f"{name}.weight" in self.trainable else None)  # dw needs x; dx does not
 
     def _attention(self, i: int, q, k, v, allowed):
         """Layer ``i``'s attention over its keys (past or prefix first): -> (y, cache)."""

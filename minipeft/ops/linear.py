@@ -29,6 +29,7 @@ def linear_backward(dout, cache, w, need_params=True):
     dw = db = None
     if need_params:
         d2 = dout.reshape(-1, n_out)                    # (N, out)
-        dw = x.reshape(-1, n_in).T @ d2                 # (in, out)
+        if x is not None:                               # None: the caller kept no x (frozen w)
+            dw = x.reshape(-1, n_in).T @ d2             # (in, out)
         db = d2.sum(axis=0)                             # (out,)
     return dx, dw, db

@@ -171,7 +171,8 @@ class LoraModel(PeftModel):
     def _linear(self, name: str, x):
         """Base Conv1D, plus s · drop(x) Aᵀ Bᵀ on each LoRA part (and DoRA's terms)."""
         W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-        out, x_cache = linear_forward(x, W, b)                          # (B, T, out)
+        out, _ = linear_forward(x, W, b)                                # (B, T, out), W frozen
+        x_cache = None                                                  # backward needs no x for W
         t = self._active_lora(name)
         if t is None:
             return out, (x_cache, None)
