@@ -66,7 +66,7 @@ class GPT2:
                               "cast them, e.g. {k: v.astype(np.float32) for k, v in params.items()}.")
         self.config = config
         self.params = params
-        self.use_kernels = True     # layernorm, GELU, cross-entropy: Numba kernels; False: NumPy twins
+        self.use_kernels = True     # attention, layernorm, cross-entropy: Numba kernels; False: twins
         self.trainable = set(params) if trainable is None else set(trainable)
         unknown = sorted(self.trainable - set(params))
         if unknown:
@@ -218,10 +218,16 @@ class GPT2:
 
     def _attention(self, i: int, q, k, v, allowed):
         """Layer ``i``'s attention over its keys (past or prefix first): -> (y, cache)."""
+        if self.use_kernels:
+            from ..kernels.attention import attention_forward as fast
+            return fast(q, k, v, allowed)
         return attention_forward(q, k, v, allowed)
 
     def _attention_backward(self, i: int, dy, cache):
         """-> dq, dk, dv (dk, dv over past + new keys)."""
+        if self.use_kernels:
+            from ..kernels.attention import attention_backward as fast
+            return fast(dy, cache)
         return attention_backward(dy, cache)
 
     def _residual(self, name: str, x, fx):

@@ -39,7 +39,6 @@ from ..errors import ConfigError, InputError
 from ..model.gpt2 import NO_PAST_BACKWARD
 from ..model.inputs import (check_attention_mask, check_input_ids, check_past_key_values,
                             check_position_ids)
-from ..ops import attention as ops_attention
 from . import prefix as twin
 from .base import PeftModel
 from .config_base import from_peft_dict, peft_dict
@@ -237,13 +236,6 @@ class PrefixTuningModel(PeftModel):
                 "(positions 0..T-1).")
         return pos
 
-    def _attention(self, i, q, k, v, allowed):
-        """Attention over the prefix + causal keys: the Numba kernel or its twin."""
-        return _attention_ops(self.use_kernels).attention_forward(q, k, v, allowed)
-
-    def _attention_backward(self, i, dy, cache):
-        return _attention_ops(self.use_kernels).attention_backward(dy, cache)
-
     def _past_backward(self, i, dk_past, dv_past, grads):
         """Layer i's prefix gradients, summed over the batch, into their slots of dkv."""
         dkv = grads.get(_DKV)
@@ -322,9 +314,3 @@ class PrefixTuningModel(PeftModel):
             config.prefix_projection = False
         return config
 
-
-def _attention_ops(use_kernels: bool):
-    if use_kernels:
-        from ..kernels import attention
-        return attention
-    return ops_attention
