@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError
 from ..model.gpt2 import GPT2
 from ..model.inputs import (_as_int_array, check_attention_mask, check_input_ids, check_labels,
                             check_past_key_values, check_position_ids)
-from ..ops import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward, shift_labels
+from ..ops import IGNORE_INDEX, cross_entropy_forward, shift_labels
 from . import prompt as twin
 from .base import PeftModel
 from .config_base import from_peft_dict, peft_dict
@@ -285,9 +285,8 @@ class PromptTuningModel(PeftModel):
         logits, cache = self._forward_all(input_ids, attention_mask)    # (B, P + T, V)
         ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
         targets = shift_labels(self._labels(labels, ids, cache["virtual_tokens"]))
-        loss, loss_cache = cross_entropy_forward(logits, targets)
+        loss, dlogits = self.ops.cross_entropy(logits, targets)         # (B, P + T, V); kernel: in place
         del logits
-        dlogits = cross_entropy_backward(1.0, loss_cache)               # (B, P + T, V)
         return loss, super().backward(dlogits, cache)
 
     def loss(self, input_ids, labels, attention_mask=None) -> float:
