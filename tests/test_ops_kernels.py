@@ -67,3 +67,15 @@ def test_model_with_kernels_equals_model_with_twins(dtype):
     assert abs(loss_k - loss_t) <= TOL[dtype] * abs(loss_t)
     for name in grads_t:
         close(name, grads_k[name], grads_t[name], dtype)
+
+
+@DTYPES
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # the twin's x³, documented
+def test_gelu_keeps_x_alone(dtype):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 7, 32)) * 3).astype(dtype)
+    x[0, 0, :4] = [0.0, 150.0, -150.0, np.finfo(dtype).max]   # beyond |x| = 100 and at the top
+    (y_k, c_k), (y_t, c_t) = K.gelu_forward(x), T.gelu_forward(x)
+    assert np.array_equal(y_k, y_t) and c_k[1] is None        # no tanh held for backward
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    assert np.array_equal(K.gelu_backward(dout, c_k), T.gelu_backward(dout, c_t))

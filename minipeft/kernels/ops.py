@@ -10,7 +10,8 @@ returns the same values; tests/test_ops_kernels.py holds them equal. What they f
                          disagrees with the rounded xhat makes float32 gradients through
                          a near one-hot softmax 10x noisier)
     layernorm_backward   dxhat, its two row means and dx in two passes per row
-    gelu                 none: the twin's in-place NumPy lines win (see GELU below)
+    gelu                 NumPy's lines (faster than Numba's, see GELU below), with a
+                         cache of x alone: tanh is recomputed in backward
     cross_entropy        the loss AND its gradient in one pass over the logits, written
                          in place over them: the (N, V) logits are the step's largest
                          array (512 × 50257 floats = 98 MiB at GPT-2's shape), and the
@@ -33,7 +34,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..ops.gelu import gelu_backward, gelu_forward     # the twins (see GELU below)
+from ..ops import gelu as _gelu
 from ..ops.loss import IGNORE_INDEX
 
 __all__ = ["layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
@@ -108,10 +109,21 @@ def layernorm_backward(dout, cache, need_params=True):
 
 
 # ------------------------------------------------------------------ GELU
-# The twin is the fast path: NumPy's tanh is vectorised (SIMD), a Numba loop calls a
-# scalar tanh per element. Measured on (512, 3072) float32: the twin's forward 3.5 ms; a
-# Numba loop 25 ms (float32) to 34 ms (float64), 7 ms with tanh written through exp
-# under fastmath. So GELU is not a kernel (gelu_forward / gelu_backward are re-exported).
+# NumPy's lines, not a Numba loop: NumPy's tanh is vectorised (SIMD), a Numba loop calls
+# a scalar tanh per element. Measured on (512, 3072) float32: the twin's forward 3.5 ms;
+# a Numba loop 25 ms (float32) to 34 ms (float64), 7 ms with tanh written through exp
+# under fastmath. What the fast path changes is memory: the cache keeps x alone and the
+# backward recomputes tanh(u) (about 2.5 ms per GPT-2 124M block), so one (B, T, 4C)
+# array per block (6 MiB at batch 4 x 128) is not held from forward to backward.
+def gelu_forward(x):
+    """Elementwise; cache = (x, None): the backward recomputes tanh(u)."""
+    out, (x, _) = _gelu.gelu_forward(x)
+    return out, (x, None)
+
+
+def gelu_backward(dout, cache):
+    x = cache[0]
+    return _gelu.gelu_backward(dout, (x, _gelu.tanh_u(x)))
 
 
 # ------------------------------------------------------------------ cross-entropy

@@ -24,14 +24,19 @@ _K = math.sqrt(2.0 / math.pi)
 _A = 0.044715
 
 
-def gelu_forward(x):
-    """Elementwise; cache = (x, tanh(u)), saving the tanh for the backward."""
+def tanh_u(x):
+    """tanh(u), u = K (x + A x³), in one new array."""
     t = x * x
     t *= _A
     t += 1.0
     t *= x
     t *= _K                                             # u = K (x + A x^3)
-    np.tanh(t, out=t)                                   # t = tanh(u)
+    return np.tanh(t, out=t)                            # t = tanh(u)
+
+
+def gelu_forward(x):
+    """Elementwise; cache = (x, tanh(u)), saving the tanh for the backward."""
+    t = tanh_u(x)
     out = t + 1.0
     out *= 0.5
     out *= x                                            # 0.5 (1 + t) x
