@@ -390,11 +390,13 @@ PROFILED_FUNCTIONS = {               # module -> {function looked up there at ca
         "cross_entropy_forward": "cross-entropy fwd", "cross_entropy_backward": "cross-entropy bwd",
     },
     "minipeft.kernels.ops": {            # GPT2.ops with use_kernels (the default)
+        "attention_forward": "attention fwd", "attention_backward": "attention bwd",
         "layernorm_forward": "layernorm fwd", "layernorm_backward": "layernorm bwd",
         "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
         "cross_entropy": "cross-entropy fwd+bwd",
     },
     "minipeft.ops": {                    # GPT2.ops with use_kernels = False (the NumPy twins)
+        "attention_forward": "attention fwd", "attention_backward": "attention bwd",
         "layernorm_forward": "layernorm fwd", "layernorm_backward": "layernorm bwd",
         "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
         "cross_entropy": "cross-entropy fwd+bwd",

@@ -1,7 +1,9 @@
 """Numba kernels for GPT-2's own ops, the fast twins of ``minipeft/ops/``.
 
 Each kernel has the signature of its NumPy twin (layernorm.py, gelu.py, loss.py) and
-returns the same values; tests/test_ops_kernels.py holds them equal. What they fuse:
+returns the same values; tests/test_ops_kernels.py holds them equal (attention, whose
+kernels live in attention.py, is re-exported here so that GPT2.ops has every op). What
+they fuse:
 
     layernorm_forward    the shift, the float64 mean and variance, xhat and the affine
                          map of a row in three passes over it, in xhat's own buffer, no
@@ -35,10 +37,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..ops import gelu as _gelu
+from .attention import attention_backward, attention_forward   # see kernels/attention.py
 from ..ops.loss import IGNORE_INDEX
 
-__all__ = ["layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
-           "cross_entropy"]
+__all__ = ["attention_forward", "attention_backward", "layernorm_forward", "layernorm_backward",
+           "gelu_forward", "gelu_backward", "cross_entropy"]
 
 _jit = dict(cache=True, fastmath=False)
 

@@ -26,8 +26,7 @@ from ..config import GPT2Config
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
 from .. import ops as twins
-from ..ops import (attention_backward, attention_forward, attention_mask_allowed,
-                   cross_entropy_forward, embedding_backward, embedding_forward,
+from ..ops import (attention_mask_allowed, cross_entropy_forward, embedding_backward, embedding_forward,
                    linear_backward, linear_forward, merge_heads, merge_heads_backward,
                    residual_backward, residual_forward, shift_labels, split_heads,
                    split_heads_grad)
@@ -97,8 +96,8 @@ class GPT2:
 
     @property
     def ops(self):
-        """Where layernorm, GELU and cross-entropy come from: kernels/ops.py (Numba), or
-        with ``use_kernels = False`` their plain NumPy twins in ops/."""
+        """Where attention, layernorm, GELU and cross-entropy come from: kernels/ops.py
+        (Numba), or with ``use_kernels = False`` their plain NumPy twins in ops/."""
         return _kernels() if self.use_kernels else twins
 
     @property
@@ -218,17 +217,11 @@ class GPT2:
 
     def _attention(self, i: int, q, k, v, allowed):
         """Layer ``i``'s attention over its keys (past or prefix first): -> (y, cache)."""
-        if self.use_kernels:
-            from ..kernels.attention import attention_forward as fast
-            return fast(q, k, v, allowed)
-        return attention_forward(q, k, v, allowed)
+        return self.ops.attention_forward(q, k, v, allowed)
 
     def _attention_backward(self, i: int, dy, cache):
         """-> dq, dk, dv (dk, dv over past + new keys)."""
-        if self.use_kernels:
-            from ..kernels.attention import attention_backward as fast
-            return fast(dy, cache)
-        return attention_backward(dy, cache)
+        return self.ops.attention_backward(dy, cache)
 
     def _residual(self, name: str, x, fx):
         """The residual after ``name`` (transformer.h.0.attn or .mlp): x + f(x) (bottleneck
