@@ -386,3 +386,10 @@ def test_reading_refuses_adapterhub_options_minipeft_lacks():
     assert BottleneckConfig.from_dict(d) == BottleneckConfig(reduction_factor=8)
     with pytest.raises(ConfigError, match="use_gating=True"):
         BottleneckConfig.from_dict({**d, "use_gating": True})
+
+
+def test_config_fields_in_the_contracts_order():
+    """CONTRACT.md: BottleneckConfig(reduction_factor, non_linearity, mh_adapter, output_adapter, ...)."""
+    c = BottleneckConfig(8, "tanh", True, False)
+    assert (c.reduction_factor, c.non_linearity, c.mh_adapter, c.output_adapter) == (8, "tanh", True, False)
+    assert c.preset == "pfeiffer"

@@ -73,8 +73,9 @@ class BottleneckConfig:
     Fields left None take the preset's value. reduction_factor: a number > 0 (the
     bottleneck is int(n_embd // reduction_factor)) or {"layer": factor, "default": factor}.
     scaling: a number, "learned" (one trained number) or "channel" (one per channel).
-    leave_out: layers without adapters. dropout: on the adapter's output, in training."""
-    preset: str = "pfeiffer"
+    leave_out: layers without adapters. dropout: on the adapter's output, in training.
+    preset: the AdapterHub configuration the fields left None come from; last, so that
+    the fields keep the CONTRACT's order (reduction_factor, non_linearity, ...)."""
     reduction_factor: float | dict | None = None
     non_linearity: str | None = None
     mh_adapter: bool | None = None
@@ -91,6 +92,7 @@ class BottleneckConfig:
     init_weights_seed: int | None = None
     leave_out: list[int] = field(default_factory=list)
     dropout: float = 0.0
+    preset: str = "pfeiffer"
     task_type: str | None = None
     base_model_name_or_path: str | None = None
     inference_mode: bool = False
