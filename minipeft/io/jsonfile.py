@@ -46,9 +46,9 @@ def parse_json(text: str | bytes, source: str, *, expect: type | None = dict,
         raise error(f"{source} is empty; it should hold {_TYPES.get(expect, 'JSON')}.{fix}")
     try:
         obj = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise error(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, column "
-                    f"{e.colno}.{fix}") from None
+    except json.JSONDecodeError as e:        # one line (a JSONL line): its column says where
+        at = f"column {e.colno}" if "\n" not in text else f"line {e.lineno}, column {e.colno}"
+        raise error(f"{source} is not valid JSON: {e.msg} at {at}.{fix}") from None
     except RecursionError:
         raise error(f"{source} nests JSON too deeply to read; it is not a file minipeft or "
                     f"peft wrote.{fix}") from None
