@@ -15,12 +15,17 @@ merges never cross those pieces. ``<|endoftext|>`` (id 50256, the last id of the
 Note that ``Tokenizer.decode`` skips special tokens unless you pass
 ``skip_special_tokens=False``.
 
+GPT-2's own files ship with the package (``minipeft/assets/gpt2/``, with their
+licence and provenance): ``load_tokenizer("gpt2")`` works offline, and checks the
+files' sha256 on every load.
+
 ``train_bpe_tokenizer`` learns a smaller vocabulary of the same kind from your own
 text (for pretraining a tiny GPT-2), and ``save_tokenizer`` writes it as
 ``tokenizer.json``, which ``load_tokenizer`` reads back.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,7 +34,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processo
 from tokenizers.models import BPE
 
 from minipeft.errors import CheckpointError, ConfigError, InputError, WeightsNotFoundError
-from minipeft.io.paths import HUB_NAMES, bundled_dir
+from minipeft.io.files import read_text
+from minipeft.io.jsonfile import read_json
+from minipeft.io.paths import HUB_NAMES, bundled_dir, bundled_names
 
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 50256  # in GPT-2's own vocabulary
@@ -38,6 +45,14 @@ EOS_ID = 50256  # in GPT-2's own vocabulary
 BPE_FILE_PAIRS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 TOKENIZER_JSON = "tokenizer.json"
 
+# GPT-2's vocabulary, bundled (package data), shared by every name in HUB_NAMES;
+# the sha256 are those of minipeft/assets/gpt2/README.md, checked on every load.
+GPT2_BPE_DIR = Path(__file__).resolve().parent / "assets" / "gpt2"
+GPT2_BPE_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
 
 def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
     """Load GPT-2's byte-level BPE tokenizer from a folder or a bundled model name.
@@ -45,8 +60,15 @@ def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
     The folder may hold ``tokenizer.json``, or ``vocab.json`` + ``merges.txt``
     (Hugging Face layout), or ``encoder.json`` + ``vocab.bpe`` (OpenAI's
     originals); they are tried in that order. A string that is not an existing
-    path is looked up as a bundled name (``weights/<name>/``).
+    path is looked up as a bundled name (``weights/<name>/``); GPT-2's names
+    (``"gpt2"``, ``"gpt2-medium"``, ..., ``"distilgpt2"``) fall back to GPT-2's
+    vocabulary bundled with the package, checked against its sha256.
     """
+    if isinstance(path_or_name, str) and path_or_name in HUB_NAMES \
+            and not Path(path_or_name).exists():
+        folder = bundled_dir(path_or_name)
+        if folder is None or not _has_tokenizer_files(folder):
+            return build_gpt2_tokenizer(*gpt2_bpe_files())
     folder = _resolve_folder(path_or_name)
     if (folder / TOKENIZER_JSON).is_file():
         return _from_tokenizer_json(folder / TOKENIZER_JSON)
@@ -55,6 +77,25 @@ def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Tokenizer:
         if vocab.is_file() and merges.is_file():
             return build_gpt2_tokenizer(vocab, merges)
     raise WeightsNotFoundError(_missing_files_message(folder))
+
+
+def gpt2_bpe_files() -> tuple[Path, Path]:
+    """The bundled ``(encoder.json, vocab.bpe)`` of GPT-2, after checking their sha256."""
+    files = tuple(GPT2_BPE_DIR / name for name in GPT2_BPE_SHA256)
+    for file, expected in zip(files, GPT2_BPE_SHA256.values()):
+        try:
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise WeightsNotFoundError(
+                f"GPT-2's bundled vocabulary file {file} cannot be read ({exc.strerror or exc}); "
+                "the installation is incomplete: reinstall minipeft (pip install -e .) or "
+                "restore the folder with `git checkout minipeft/assets/gpt2`.") from None
+        if digest != expected:
+            raise CheckpointError(
+                f"GPT-2's bundled vocabulary file {file} does not match its checksum (sha256 "
+                f"{digest[:12]}…, expected {expected[:12]}…): it was changed or damaged. "
+                "Restore it with `git checkout minipeft/assets/gpt2` or reinstall minipeft.")
+    return files
 
 
 def build_gpt2_tokenizer(vocab_file: str | os.PathLike[str],
@@ -170,10 +211,7 @@ def _training_texts(text) -> list[str]:
             if not path.is_file():
                 raise InputError(f"No text file at {path}: train_bpe_tokenizer takes the text "
                                  "itself as a str, or a list of paths to existing text files.")
-            try:
-                texts.append(path.read_text(encoding="utf-8"))
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path} is not UTF-8 text ({exc}); convert it to UTF-8.") from exc
+            texts.append(read_text(path, what="text file to train the tokenizer on"))
     if not any(texts):
         raise InputError("train_bpe_tokenizer got no text to learn from.")
     return texts
@@ -207,46 +245,43 @@ def _resolve_folder(path_or_name: str | os.PathLike[str]) -> Path:
         folder = bundled_dir(path_or_name)
         if folder is not None:
             return folder
-        if path_or_name in HUB_NAMES:
-            raise WeightsNotFoundError(
-                f"The tokenizer for {path_or_name!r} is not available offline: it is "
-                "not bundled under weights/. Point load_tokenizer at a local folder "
-                "holding vocab.json + merges.txt (Hugging Face) or encoder.json + "
-                "vocab.bpe (OpenAI), e.g. load_tokenizer('path/to/gpt2-bpe')."
-            )
     raise WeightsNotFoundError(
         f"Tokenizer path {str(path)!r} does not exist and is not a bundled model name. "
-        "Check the path, or pass a folder holding vocab.json + merges.txt or "
-        "encoder.json + vocab.bpe."
+        f"Check the path, pass a folder holding vocab.json + merges.txt or "
+        f"encoder.json + vocab.bpe, or a name that works offline: "
+        f"{', '.join([*bundled_names(), *HUB_NAMES])}."
     )
 
 
 def _from_tokenizer_json(file: Path) -> Tokenizer:
+    obj = read_json(file, expect=dict, error=CheckpointError,
+                    fix="It should be a Hugging Face tokenizers file; delete it or replace it "
+                        "with a good copy.")
     try:
-        return Tokenizer.from_file(str(file))
-    except Exception as exc:  # bad JSON or an unknown pipeline component
+        return Tokenizer.from_str(json.dumps(obj))
+    except Exception as exc:  # valid JSON, but not a pipeline tokenizers knows
         raise CheckpointError(
             f"Could not read {file}: {exc}. The file is corrupt or not a Hugging Face "
             "tokenizers file; delete it or replace it with a good copy."
-        ) from exc
+        ) from None
 
 
 def _check_vocab(file: Path) -> None:
     """Read and check a token -> id JSON map, naming the file on any problem."""
-    try:
-        vocab = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    fix = "Replace it with a good copy of GPT-2's vocab.json / encoder.json."
+    vocab = read_json(file, expect=dict, error=CheckpointError,
+                      fix=f"It should be the vocabulary, a JSON object mapping tokens to ids. {fix}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
+               for v in vocab.values()):
         raise CheckpointError(
-            f"Could not read the vocabulary {file}: {exc}. Replace it with a good "
-            "copy of GPT-2's vocab.json / encoder.json."
-        ) from exc
-    if not isinstance(vocab, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
-    ):
-        raise CheckpointError(
-            f"The vocabulary {file} is not a JSON object mapping tokens to integer "
-            "ids. Replace it with a good copy of GPT-2's vocab.json / encoder.json."
+            f"The vocabulary {file} is not a JSON object mapping tokens to integer ids "
+            f"(0 <= id < 2^32). {fix}"
         )
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return (folder / TOKENIZER_JSON).is_file() or any(
+        (folder / v).is_file() and (folder / m).is_file() for v, m in BPE_FILE_PAIRS)
 
 
 def _missing_files_message(folder: Path) -> str:

@@ -1,26 +1,28 @@
 """GPT-2 byte-level BPE: known ids, parity with GPT2TokenizerFast, round trips,
-folder layouts and error messages."""
+folder layouts and error messages. GPT-2's vocabulary is the one bundled with the
+package (minipeft/assets/gpt2), so nothing here depends on a folder outside the
+repository."""
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 
+import minipeft.tokenizer
 from minipeft.errors import CheckpointError, MinipeftError, WeightsNotFoundError
-from minipeft.tokenizer import load_tokenizer
+from minipeft.io.paths import HUB_NAMES
+from minipeft.tokenizer import GPT2_BPE_DIR, GPT2_BPE_SHA256, load_tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BPE_DIR = DATA / "gpt2-bpe"
+BPE_DIR = GPT2_BPE_DIR                                   # bundled: every clone has it
 ENCODER, VOCAB_BPE = BPE_DIR / "encoder.json", BPE_DIR / "vocab.bpe"
 SHAKESPEARE = DATA / "tinyshakespeare.txt"
-
-if not (ENCODER.is_file() and VOCAB_BPE.is_file()):
-    pytest.skip(f"GPT-2 vocabulary not found at {BPE_DIR} (need encoder.json and vocab.bpe)",
-                allow_module_level=True)
 
 TEXTS = [
     "",
@@ -46,7 +48,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return load_tokenizer(BPE_DIR)
+    return load_tokenizer("gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,58 @@ def random_text(rng: random.Random, length: int) -> str:
 def test_returns_a_real_tokenizer(tok):
     assert type(tok) is Tokenizer
     assert tok.get_vocab_size() == 50257
+
+
+# --- GPT-2's vocabulary, bundled ----------------------------------------------
+
+@pytest.mark.parametrize("name", HUB_NAMES)
+def test_gpt2_names_work_offline_on_a_fresh_clone(tmp_path, monkeypatch, name):
+    """The CONTRACT's example: no weights/ folder for the name, no network, any cwd."""
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert load_tokenizer(name).encode("Hello, PEFT!").ids == [15496, 11, 18468, 9792, 0]
+
+
+def test_gpt2_bundled_files_match_their_readme_and_licence():
+    readme = (GPT2_BPE_DIR / "README.md").read_text(encoding="utf-8")
+    for name, digest in GPT2_BPE_SHA256.items():
+        assert hashlib.sha256((GPT2_BPE_DIR / name).read_bytes()).hexdigest() == digest
+        assert f"`{digest}`" in readme and f"`{name}`" in readme
+    licence = (GPT2_BPE_DIR / "LICENSE").read_text(encoding="utf-8")
+    assert "MIT License" in licence and "OpenAI" in licence
+
+
+def test_gpt2_bundled_files_are_package_data():
+    """A non-editable install copies only what pyproject lists: the four files must be."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    section = re.search(r"\[tool\.setuptools\.package-data\]\n(.*?)(\n\[|\Z)", pyproject, re.S)
+    assert section, "pyproject.toml has no [tool.setuptools.package-data]"
+    globs = re.search(r'^minipeft\s*=\s*\[(.*?)\]', section.group(1), re.S | re.M).group(1)
+    package = GPT2_BPE_DIR.parents[1]
+    listed = {p for g in re.findall(r'"([^"]+)"', globs) for p in package.glob(g)}
+    for name in ("encoder.json", "vocab.bpe", "LICENSE", "README.md"):
+        assert GPT2_BPE_DIR / name in listed, name
+
+
+@pytest.mark.parametrize("damage", ["changed", "missing"])
+def test_gpt2_bundled_files_are_checked_on_load(tmp_path, monkeypatch, damage):
+    copy = tmp_path / "assets" / "gpt2"       # not ./gpt2: that path would be loaded as a folder
+    shutil.copytree(GPT2_BPE_DIR, copy)
+    monkeypatch.setattr(minipeft.tokenizer, "GPT2_BPE_DIR", copy)
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert load_tokenizer("gpt2").encode("Hello world").ids == [15496, 995]   # the copy is good
+    vocab = copy / "encoder.json"
+    if damage == "changed":   # one id swapped: still valid JSON, silently wrong ids without the check
+        vocab.write_bytes(vocab.read_bytes().replace(b'"Hello": 15496', b'"Hello": 15497'))
+        message = _raises(CheckpointError, "does not match its checksum", "gpt2")
+    else:
+        vocab.unlink()
+        message = _raises(WeightsNotFoundError, "cannot be read", "gpt2")
+    assert str(vocab) in message and "git checkout minipeft/assets/gpt2" in message
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -237,17 +291,43 @@ def test_file_instead_of_folder():
     _raises(WeightsNotFoundError, "is a file", ENCODER)
 
 
-def test_corrupt_vocab_json(tmp_path):
-    folder = _hf_folder(tmp_path / "corrupt")
-    (folder / "vocab.json").write_text('{"Hello": 15496, "broken', encoding="utf-8")
-    message = _raises(CheckpointError, "Could not read the vocabulary", folder)
-    assert "vocab.json" in message
+# Every way a JSON file can be malformed, for vocab.json and tokenizer.json alike: one
+# error type (CheckpointError) with a sentence naming the file, never a RecursionError,
+# a ValueError from int(), a UnicodeDecodeError or the Rust library's bare Exception.
+MALFORMED_JSON = {
+    "truncated": (b'{"Hello": 15496, "broken', "is not valid JSON"),
+    "nested too deep": (b"[" * 100_000 + b"]" * 100_000, "nests JSON too deeply"),
+    "integer too long": (b'{"Hello": ' + b"9" * 5000 + b"}", "integer too long"),
+    "NaN": (b'{"Hello": NaN}', "NaN is not JSON"),
+    "not UTF-8": ('{"café": 1}'.encode("latin-1"), "is not UTF-8 text"),
+    "an array at the top": (b"[1, 2, 3]", "must hold a JSON object"),
+    "empty": (b"", "is empty"),
+}
 
 
-def test_vocab_json_of_wrong_shape(tmp_path):
-    folder = _hf_folder(tmp_path / "list")
-    (folder / "vocab.json").write_text("[1, 2, 3]", encoding="utf-8")
-    _raises(CheckpointError, "not a JSON object mapping tokens", folder)
+@pytest.mark.parametrize("case", MALFORMED_JSON)
+def test_malformed_vocab_json(tmp_path, case):
+    content, expected = MALFORMED_JSON[case]
+    folder = _hf_folder(tmp_path / "bad")
+    (folder / "vocab.json").write_bytes(content)
+    message = _raises(CheckpointError, expected, folder)
+    assert str(folder / "vocab.json") in message and "vocab.json / encoder.json" in message
+
+
+@pytest.mark.parametrize("case", MALFORMED_JSON)
+def test_malformed_tokenizer_json(tmp_path, case):
+    content, expected = MALFORMED_JSON[case]
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    message = _raises(CheckpointError, expected, tmp_path)
+    assert str(tmp_path / "tokenizer.json") in message
+
+
+@pytest.mark.parametrize("values", ['{"Hello": "one"}', '{"Hello": true}', '{"Hello": -1}',
+                                    '{"Hello": 1.5}', '{"Hello": 4294967296}'])
+def test_vocab_json_of_wrong_values(tmp_path, values):
+    folder = _hf_folder(tmp_path / "values")
+    (folder / "vocab.json").write_text(values, encoding="utf-8")
+    _raises(CheckpointError, "not a JSON object mapping tokens to integer ids", folder)
 
 
 def test_corrupt_merges(tmp_path):
@@ -257,25 +337,27 @@ def test_corrupt_merges(tmp_path):
     assert "merges.txt" in message
 
 
-def test_corrupt_tokenizer_json(tmp_path):
-    (tmp_path / "tokenizer.json").write_text("{oops", encoding="utf-8")
+def test_tokenizer_json_that_tokenizers_cannot_read(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}', encoding="utf-8")
     message = _raises(CheckpointError, "Could not read", tmp_path)
     assert "tokenizer.json" in message
 
 
-def test_hub_name_not_bundled(tmp_path, monkeypatch):
-    empty = tmp_path / "weights"
-    empty.mkdir()
-    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(empty))
+def test_gpt2_model_folder_without_tokenizer_files_uses_the_bundled_one(tmp_path, monkeypatch):
+    """A converted weights/gpt2/ that holds only config.json + weights still has a tokenizer."""
+    weights = tmp_path / "weights"
+    (weights / "gpt2").mkdir(parents=True)
+    (weights / "gpt2" / "config.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setenv("MINIPEFT_WEIGHTS", str(weights))
     monkeypatch.chdir(tmp_path)
-    message = _raises(WeightsNotFoundError, "not available offline", "gpt2")
-    assert "vocab.json" in message and "encoder.json" in message
+    assert ids(load_tokenizer("gpt2"), "Hello world") == [15496, 995]
 
 
 def test_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIPEFT_WEIGHTS", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    _raises(WeightsNotFoundError, "not a bundled model name", "no-such-model")
+    message = _raises(WeightsNotFoundError, "not a bundled model name", "no-such-model")
+    assert "gpt2" in message
 
 
 # --- training a byte-level BPE of our own -----------------------------------
@@ -380,3 +462,7 @@ def test_train_errors(tmp_path):
     a_file.write_text("not a folder", encoding="utf-8")
     with pytest.raises(InputError, match="is a file"):
         save_tokenizer(load_tokenizer(BPE_DIR), a_file)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.txt, line 2: not UTF-8 text \(byte 14 is 0xe9\)"):
+        train_bpe_tokenizer([latin1], 300)
