@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import json
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,15 @@ def refuse_unknown_fields(cls):
     return cls
 
 
+MAX_PARAMETERS = 10**12    # 4 TiB of float32 weights: 600x gpt2-xl, more than any machine holds
+MAX_LAYERS = 10_000        # gpt2-xl has 48 blocks; the bound keeps a loop over blocks finite
+
+
+def _size(n: int) -> str:
+    """An integer for a message: as it is up to 1e6, else 1.23e+15, else 10^k."""
+    return str(n) if n < 10**6 else f"{n:.3g}" if n < 10**300 else f"about 10^{len(str(n)) - 1}"
+
+
 @refuse_unknown_fields
 @dataclass(frozen=True)
 class GPT2Config:
@@ -71,6 +79,22 @@ class GPT2Config:
         if n_inner is not None and (not isinstance(n_inner, int) or isinstance(n_inner, bool)
                                     or n_inner <= 0):
             raise ConfigError(f"n_inner must be a positive integer or None, got {self.n_inner!r}.")
+        # A config.json can hold any integer: refuse a model no machine holds before
+        # anything loops over its blocks or allocates its tensors.
+        if self.n_layer > MAX_LAYERS or self.num_parameters() > MAX_PARAMETERS:
+            raise ConfigError(
+                f"GPT2Config(n_layer={_size(self.n_layer)}, n_embd={_size(self.n_embd)}, "
+                f"vocab_size={_size(self.vocab_size)}, n_positions={_size(self.n_positions)}) "
+                f"describes {_size(self.num_parameters())} parameters; minipeft "
+                f"takes at most {MAX_PARAMETERS:.0e} parameters ({MAX_PARAMETERS * 4 / 2**40:.0f} "
+                f"TiB in float32) and {MAX_LAYERS:,} blocks (gpt2-xl: 1.6e9 in 48). Check the "
+                "config's sizes.")
+
+    def num_parameters(self) -> int:
+        """GPT-2's parameter count from the sizes alone (lm_head tied to wte)."""
+        C, F = self.n_embd, self.inner_size
+        block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * F + F) + (F * C + C)
+        return self.vocab_size * C + self.n_positions * C + self.n_layer * block + 2 * C
 
     @property
     def head_size(self) -> int:
@@ -123,13 +147,11 @@ class GPT2Config:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "GPT2Config":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            d = json.loads(text)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            what = "the file is empty" if isinstance(e, json.JSONDecodeError) and not text.strip() \
-                else str(e)
-            raise ConfigError(f"Cannot read {path}: {what}. It should be a GPT-2 config.json (a JSON "
-                              "object); save or convert the model again.") from None
+        """From a config.json, read by the one JSON reader (``io.jsonfile.read_json``):
+        a file that is missing, not UTF-8, not JSON, nested too deep, holding NaN or
+        an endless integer, or not an object is a ConfigError naming it."""
+        from .io.jsonfile import read_json
+        d = read_json(path, expect=dict, error=ConfigError,
+                      fix="It should be a GPT-2 config.json (a JSON object); save or convert "
+                          "the model again.")
         return cls.from_dict(d)

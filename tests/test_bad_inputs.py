@@ -243,9 +243,9 @@ def test_minipeft_own_config_format(good, tmp_path, loader, change, match):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("{not json", r"Cannot read .*config\.json"),
-    ("", r"Cannot read .*config\.json"),
-    ("[1, 2]", r"must be a JSON object, got list"),
+    ("{not json", r"config\.json is not valid JSON: Expecting property name"),
+    ("", r"config\.json is empty"),
+    ("[1, 2]", r"config\.json must hold a JSON object \(\{\.\.\.\}\) at the top, got a JSON array"),
 ], ids=["invalid", "empty", "list"])
 def test_unreadable_config(good, tmp_path, loader, text, match):
     src = write(tmp_path / "src", text, good[1])

@@ -7,22 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
 from minipeft.errors import ConfigError, InputError, MinipeftError
 from minipeft.tasks.restaurants import make_examples
-from minipeft.tokenizer import load_tokenizer, train_bpe_tokenizer
+from minipeft.tokenizer import load_tokenizer
 from minipeft.train.data import batches, encode_examples, lm_windows, read_jsonl, train_val_split
-
-GPT2_BPE = SHARED_DATA / "gpt2-bpe"
 
 
 @pytest.fixture(scope="module")
 def tok():
-    """GPT-2's own tokenizer when the shared vocabulary is there, else a tiny BPE."""
-    if (GPT2_BPE / "encoder.json").is_file():
-        return load_tokenizer(GPT2_BPE)
-    text = "".join(e["prompt"] + e["completion"] + "\n" for e in make_examples(300, seed=0))
-    return train_bpe_tokenizer(text, 400)
+    """GPT-2's own tokenizer (bundled with the package)."""
+    return load_tokenizer("gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +58,17 @@ def test_read_jsonl_empty_prompt_is_fine(tmp_path):
 @pytest.mark.parametrize("bad, expected", [
     ('{"prompt": "x", "completion": }', "not valid JSON"),
     ("not json at all", "not valid JSON"),
-    ('["prompt", "completion"]', "expected a JSON object"),
-    ('"just a string"', "expected a JSON object"),
+    ('["prompt", "completion"]', "must hold a JSON object ({...}) at the top, got a JSON array"),
+    ('"just a string"', "must hold a JSON object ({...}) at the top, got a string"),
+    # what Python's json does with hostile input: RecursionError, ValueError, NaN, a lone surrogate
+    ("[" * 100_000 + "]" * 100_000, "nests JSON too deeply"),
+    ('{"prompt": "Q", "completion": " A", "n": ' + "9" * 5000 + "}", "integer too long"),
+    ('{"prompt": "Q", "completion": " A", "score": NaN}', "NaN is not JSON"),
+    ('{"prompt": "Q", "completion": " A", "score": -Infinity}', "-Infinity is not JSON"),
+    ('{"prompt": "Q\\udcff", "completion": " A"}', "'prompt' is not UTF-8 text: character 1 is "
+                                                   "the byte 0xff"),
+    ('{"prompt": "Q", "completion": " \\ud800"}', "'completion' is not UTF-8 text: character 1 is "
+                                                  "a lone surrogate U+D800"),
     ('{"completion": " A"}', "no 'prompt' field"),
     ('{"prompt": "Q"}', "no 'completion' field"),
     ('{"prompt": 3, "completion": " A"}', "'prompt' is a number; it must be a string"),
@@ -78,8 +81,9 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path, bad, expected):
     with pytest.raises(InputError) as info:
         read_jsonl(path)
     message = str(info.value)
-    assert f"{path}, line 3:" in message, message
+    assert f"{path}, line 3" in message, message
     assert expected in message, message
+    assert "Traceback" not in message and len(message) < 400, message
 
 
 @pytest.mark.parametrize("text, expected", [("", "is empty"), ("\n  \n\n", "only blank lines")])
@@ -102,8 +106,16 @@ def test_read_jsonl_not_utf8(tmp_path):
     path = tmp_path / "latin1.jsonl"
     latin1 = '{"prompt": "café", "completion": " x"}\n'.encode("latin-1")
     path.write_bytes(line().encode() + line().encode() + latin1)
-    with pytest.raises(InputError, match=r"line 3: not UTF-8"):
+    with pytest.raises(InputError, match=r"line 3: not UTF-8 text \(byte 0xe9 at column 16\)"):
         read_jsonl(path)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes are POSIX")
+def test_read_jsonl_refuses_a_pipe_rather_than_hang(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(InputError, match="is not a regular file"):
+        read_jsonl(tmp_path / "pipe.jsonl")
 
 
 # --- encode_examples --------------------------------------------------------

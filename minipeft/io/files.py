@@ -35,10 +35,10 @@ def read_text(path: str | os.PathLike[str], *, what: str = "text file",
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data.count(b"\n", 0, start) + 1
-        raise error(f"{path}, line {line}: "
-                    f"not UTF-8 text (byte {start} is 0x{data[start]:02x}); save the {what} "
-                    f"as UTF-8 (e.g. iconv -f latin1 -t utf-8).{fix}") from None
+        line, column = data.count(b"\n", 0, start) + 1, start - data.rfind(b"\n", 0, start)
+        raise error(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at column "
+                    f"{column}); save the {what} as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+                    f"{fix}") from None
 
 
 def check_text(text: str, what: str, error: type[MinipeftError] = InputError) -> str:

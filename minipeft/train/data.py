@@ -21,13 +21,14 @@ checkpoint at step k sees exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..io.files import check_text, read_text
+from ..io.jsonfile import parse_json
 from ..ops.loss import IGNORE_INDEX
 
 FIELDS = ("prompt", "completion")
@@ -39,19 +40,15 @@ _EXAMPLE_LINE = '{"prompt": "...", "completion": " ..."}'
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict]:
     """Read prompt/completion examples from a JSONL file, one JSON object per line.
 
-    Blank lines are skipped; other keys of an object are kept. Any problem is an
+    Blank lines are skipped; other keys of an object are kept. The file is read by
+    ``io.files.read_text`` (UTF-8, a byte-order mark tolerated) and each line by
+    ``io.jsonfile.parse_json``, the one JSON reader: any problem (not UTF-8, bad
+    JSON, nesting too deep, NaN, not an object, a field missing) is an
     ``InputError`` naming the file and the line.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise InputError(f"{path} {what}: pass a JSONL file with one {_EXAMPLE_LINE} per line.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")   # -sig: tolerate a byte-order mark
-    except UnicodeDecodeError as exc:
-        line = _line_of_byte(path.read_bytes(), exc.start)
-        raise InputError(f"{path}, line {line}: not UTF-8 text ({exc.reason}); save the file "
-                         "as UTF-8.") from exc
+    text = read_text(path, what="JSONL file",
+                     fix=f"Pass a JSONL file with one {_EXAMPLE_LINE} per line.")
     examples = []
     # split("\n"), not splitlines(): JSON strings may hold a raw U+2028 or \x1c, which
     # splitlines() would treat as line ends (a "\r" left by CRLF is JSON whitespace).
@@ -66,14 +63,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict]:
 
 
 def _parse_line(line: str, where: str) -> dict:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}). Each "
-                         f"line must be one JSON object like {_EXAMPLE_LINE}.") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object like {_EXAMPLE_LINE}, "
-                         f"got {_json_type(obj)}.")
+    obj = parse_json(line, where, expect=dict, error=InputError,
+                     fix=f"Each line must be one JSON object like {_EXAMPLE_LINE}.")
     _check_example(obj, where)
     return obj
 
@@ -86,6 +77,7 @@ def _check_example(obj: dict, where: str) -> None:
         if not isinstance(obj[field], str):
             raise InputError(f"{where}: {field!r} is {_json_type(obj[field])}; it must be "
                              "a string.")
+        check_text(obj[field], f"{where}: {field!r}")     # no lone surrogates ("\\udcff")
     if obj["completion"] == "":
         raise InputError(f"{where}: 'completion' is empty, so there is nothing to learn; "
                          "give the text the model should write after the prompt.")
@@ -95,11 +87,6 @@ def _json_type(value) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def _line_of_byte(data: bytes, offset: int) -> int:
-    """The 1-based line number of byte ``offset`` in ``data``."""
-    return data.count(b"\n", 0, offset) + 1
 
 
 # --- encoding ---------------------------------------------------------------
