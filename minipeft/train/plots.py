@@ -1,15 +1,48 @@
-"""Plots of a run, for people who would rather look than read: written atomically as PNG."""
+"""Plots of a run, for people who would rather look than read: written atomically as PNG.
+
+Every figure minipeft saves is an explicit ``matplotlib.figure.Figure`` on its own Agg
+canvas: nothing here calls ``matplotlib.use`` or pyplot, so a library call never
+switches a notebook's backend (figures keep showing inline after the demo) nor adds
+to or closes the user's pyplot figures.
+"""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 
-def plot_losses(history, path: Path, title: str = "Training loss") -> None:
+def new_figure(width: float = 6, height: float = 3.5):
+    """A Figure on its own Agg canvas: ``savefig`` works, pyplot and the backend are untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically: an unpredictable temp name beside
+    it, created exclusively, then renamed over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp's 0600 -> what open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def plot_losses(history, path: str | os.PathLike[str], title: str = "Training loss") -> Path:
     """The training (and eval) loss against the step, written atomically as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = new_figure()
+    ax = fig.add_subplot()
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss")
     ev = [h for h in history if "eval_loss" in h]
     if ev:
@@ -19,7 +52,4 @@ def plot_losses(history, path: Path, title: str = "Training loss") -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    return save_figure(fig, path)
