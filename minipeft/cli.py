@@ -138,7 +138,8 @@ def _finetune(args) -> None:
                               lr_scheduler_type=args.schedule, weight_decay=args.weight_decay,
                               max_grad_norm=args.max_grad_norm or None,
                               eval_steps=args.eval_steps if eval_batches else None,
-                              save_steps=args.save_steps or args.steps, seed=args.seed)
+                              save_steps=args.save_steps or args.steps, seed=args.seed,
+                              overwrite_output_dir=args.overwrite)
     trainer = Trainer(pm, targs, example_batches(encoded, args.batch_size, args.seed, args.grad_accum),
                       eval_batches=eval_batches, output_dir=out, progress=not args.no_progress)
     history = trainer.train(resume_from_checkpoint=True if args.resume else None)

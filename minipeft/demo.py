@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import refuse_unknown_fields
 from .errors import ConfigError, InputError
+from .io.atomic import atomic_file
 
 BUNDLED = "tiny-shakespeare"
 
@@ -141,9 +142,8 @@ def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_nam
     result = {"before": score_before, "after": score_after, "steps": cfg.steps,
               "final_loss": history[-1]["loss"], "eval_loss": history[-1].get("eval_loss"),
               "seconds": round(seconds, 1)}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
+    with atomic_file(out / "metrics.json") as f:         # a temp file of its own, then a rename
+        f.write((json.dumps(result, indent=2) + "\n").encode())
     print(f"\nSaved to {out}/: adapter/ (peft's format: adapter_config.json + "
           f"adapter_model.safetensors), loss.png, metrics.json. Took {seconds:.0f} s.")
     return result

@@ -355,7 +355,7 @@ ATTENTION_BACKWARD = Exercise(
                       "factor reach dq and dk?", _attnb_wrong("no_scale_in_backward")),
         Misconception("dk_transposed", "Scores are (query, key): to get a gradient per key, which "
                       "axis of ds do you contract with q?", _attnb_wrong("dk_transposed")),
-        Misconception("dv_transposed", "y = p @ v: which side does p go on for dv, and is it "
+        Misconception("dv_transposed", "y = p·v: which side does p go on for dv, and is it "
                       "transposed?", _attnb_wrong("dv_transposed")),
         Misconception("mask_ignored", "Is your backward's p the same masked softmax as the "
                       "forward's?", _attnb_wrong("mask_ignored")),
@@ -430,6 +430,12 @@ def _ce_fd(fn, rng):
     return fd_errors(lambda: _ce_ref(x, t)[0], {"dlogits": x}, {"dlogits": d})
 
 
+def _overflowed(outs, case):
+    """nan or inf in the student's loss or gradient, on logits large enough to overflow exp."""
+    big = np.max(np.abs(case["logits"])) > 100
+    return big and not all(np.isfinite(np.asarray(o, dtype=np.float64)).all() for o in outs)
+
+
 CROSS_ENTROPY = Exercise(
     "1.6", "cross_entropy", "cross-entropy with ignored labels (-100), loss and gradient",
     args=("logits", "targets"), outputs=("loss", "dlogits"), reference=_ce_ref, cases=_ce_cases,
@@ -440,7 +446,7 @@ CROSS_ENTROPY = Exercise(
                       "gradient back to its logits?", _ce_wrong("ignored_rows_get_gradient")),
         Misconception("no_max_subtraction", "What does exp do to a logit of 800? What can you "
                       "subtract from a row of logits without changing its softmax?",
-                      _ce_wrong("no_max_subtraction")),
+                      _ce_wrong("no_max_subtraction"), detect=_overflowed),
         Misconception("sum_not_mean", "Is the loss a sum over tokens, or a mean?",
                       _ce_wrong("sum_not_mean")),
         Misconception("onehot_missing", "The gradient of −log softmax(x)[t] has two parts: one from "
