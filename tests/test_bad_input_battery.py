@@ -411,7 +411,7 @@ CASES = [
       r"save_pretrained"),
     C("adapter-config-not-json", lambda t: PeftModel.from_pretrained(
         tiny(), damaged_adapter(t, "adapter_config.json", b"{oops")), CheckpointError,
-      r"adapter_config\.json is not valid JSON .*save the adapter again"),
+      r"adapter_config\.json is not valid JSON.*[Ss]ave the adapter again"),
     C("adapter-weights-missing", lambda t: PeftModel.from_pretrained(
         tiny(), damaged_adapter(t, "adapter_model.safetensors", None)), WeightsNotFoundError,
       r"No adapter_model\.safetensors in .*Give the folder that save_pretrained wrote"),
@@ -540,7 +540,53 @@ CASES = [
       ConfigError, r"'q_proj' is not a linear layer of GPT-2. Choose from"),
     C("ia3-unknown-slice", lambda t: IA3Config(c_attn_slices=["x"]), ConfigError,
       r"c_attn_slices must be a non-empty list of distinct slices .*'q', 'k', 'v'"),
+    # --- adapter names, sizes, scales (issue 12, §1 and §3)
+    C("adapter-name-absolute", lambda t: lora().add_adapter("/abs/elsewhere", LoraConfig(r=2)),
+      ConfigError, r"adapter name '/abs/elsewhere' contains '/': an adapter name is saved as a "
+      r"folder name .*e\.g\. 'task_a'"),
+    C("adapter-name-parent", lambda t: get_peft_model(tiny(), LoraConfig(r=2), adapter_name=".."),
+      ConfigError, r"adapter name '\.\.' contains '\.'"),
+    C("adapter-name-subfolder-on-load", lambda t: PeftModel.from_pretrained(
+        tiny(), adapter(t), adapter_name="x/y"), ConfigError, r"adapter name 'x/y' contains '/'"),
+    C("lora-alpha-inf", lambda t: LoraConfig(lora_alpha=float("inf")), ConfigError,
+      r"LoraConfig lora_alpha is inf: configs take finite numbers only.*Give a finite value"),
+    C("bottleneck-scaling-nan", lambda t: BottleneckConfig(scaling=float("nan")), ConfigError,
+      r"BottleneckConfig scaling is nan: configs take finite numbers only"),
+    C("lora-rank-beyond-memory", lambda t: get_peft_model(tiny(), LoraConfig(r=10 ** 12)),
+      ConfigError, r"LoraConfig r=1000000000000 on 1 modules would need [\d,]+ values = [\d,]+ bytes "
+      r"\(.*\) .*more than this machine's memory.*choose smaller sizes"),
+    C("bottleneck-tiny-reduction-factor", lambda t: get_peft_model(tiny(), BottleneckConfig(
+        reduction_factor=1e-15)), ConfigError, r"would need [\d,]+ values .*choose smaller sizes"),
+    C("prefix-hidden-size-beyond-memory", lambda t: get_peft_model(tiny(), PrefixTuningConfig(
+        num_virtual_tokens=2, prefix_projection=True, encoder_hidden_size=10 ** 13)), ConfigError,
+      r"encoder_hidden_size=10000000000000 would need .*choose smaller sizes"),
+    C("lora-second-adapter-with-bias", lambda t: lora(bias="all").add_adapter(
+        "b", LoraConfig(r=2, bias="lora_only")), ConfigError,
+      r"already trains biases.*supports only 1 adapter with bias, as peft; set bias='none'"),
+    C("lora-task-type-unknown", lambda t: LoraConfig(task_type="CASUAL_LM"), ConfigError,
+      r"task_type 'CASUAL_LM' is not one of peft's task types .*use 'CAUSAL_LM' or None"),
+    C("ia3-task-type-not-causal", lambda t: IA3Config(task_type="SEQ_CLS"), ConfigError,
+      r"task_type 'SEQ_CLS' is a peft task minipeft does not run"),
+    C("lora-init-pissa-niter-bad", lambda t: LoraConfig(init_lora_weights="pissa_niter_many"),
+      ConfigError, r"init_lora_weights must be one of .*'pissa_niter_K'.*e\.g\. 'pissa_niter_4'"),
+    C("adapter-config-nested-too-deep", lambda t: PeftModel.from_pretrained(
+        tiny(), damaged_adapter(t, "adapter_config.json", b"[" * 100000 + b"]" * 100000)),
+      ConfigError, r"adapter_config\.json nests JSON too deeply.*Save the adapter again"),
+    C("adapter-config-rank-a-string", lambda t: PeftModel.from_pretrained(
+        tiny(), adapter_with_config(t, r="8")), ConfigError,
+      r"LoraConfig r must be a positive integer \(the rank\), got '8'"),
+    C("lora-safe-merge-nan", lambda t: nan_lora().merge_adapter(safe_merge=True), ConfigError,
+      r"safe_merge: merging adapter 'default' gives [\d,]+ NaN or infinite values .*Nothing was merged"),
+    C("cli-finetune-alpha-nan", lambda t: finetune(t, "--lora-alpha", "nan"), CliFailed,
+      r"LoraConfig lora_alpha is nan: configs take finite numbers only"),
 ]
+
+
+def nan_lora() -> PeftModel:
+    """A LoRA whose B holds a NaN (a diverged run)."""
+    pm = lora(r=2)
+    next(a for k, a in pm.trainable_parameters().items() if "lora_B" in k)[0, 0] = np.nan
+    return pm
 
 
 def damaged_adapter(tmp, name, data):

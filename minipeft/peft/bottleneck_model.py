@@ -30,6 +30,7 @@ i.e. AdapterHub's parameter names without ``.adapters.<adapter name>``, behind p
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ from ..config import refuse_unknown_fields
 from ..errors import ConfigError
 from ..ops import residual_backward
 from . import bottleneck as twin
-from .base import PREFIX, PeftModel
-from .config_base import from_peft_dict, peft_dict
+from .base import PREFIX, PeftModel, check_fits
+from .config_base import checked_config, from_peft_dict, peft_dict
 from .lora import dropout_mask
 
 _BN_DEFAULTS = dict(original_ln_before=False, original_ln_after=True, residual_before_ln=True,
@@ -66,6 +67,7 @@ LOCATIONS = {"attn": ("attention_adapters", "mh_adapter"), "mlp": ("output_adapt
 
 
 @refuse_unknown_fields
+@checked_config
 @dataclass
 class BottleneckConfig:
     """Bottleneck adapters with AdapterHub's names (adapters.BnConfig); see the module docstring.
@@ -99,7 +101,7 @@ class BottleneckConfig:
     peft_type: str = field(default="BOTTLENECK", init=False)
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ConfigError(f"BottleneckConfig preset {self.preset!r} is unknown; choose one of "
                               f"{sorted(PRESETS)} and override fields as needed.")
         for name, value in PRESETS[self.preset].items():
@@ -146,6 +148,10 @@ class BottleneckConfig:
     def _check_scaling(self):
         s = self.scaling
         if isinstance(s, numbers.Real) and not isinstance(s, bool):
+            if s == 0:
+                raise ConfigError("BottleneckConfig scaling=0 multiplies the adapter's output by 0: it "
+                                  "would change nothing and never train. Use 1.0 (Pfeiffer, Houlsby), "
+                                  "4.0 (parallel), 'learned' or 'channel'.")
             self.scaling = float(s)
         elif s not in ("learned", "channel"):
             raise ConfigError(f"BottleneckConfig scaling must be a number, 'learned' or 'channel', "
@@ -174,7 +180,12 @@ class BottleneckConfig:
             if rf is None:
                 raise ConfigError(f"BottleneckConfig reduction_factor {self.reduction_factor} names no "
                                   f"factor for layer {layer} and has no 'default'; add one.")
-        m = int(n_embd // rf)
+        m = n_embd // rf
+        if not math.isfinite(m):                # a factor so small the quotient overflows
+            raise ConfigError(f"BottleneckConfig reduction_factor {rf} makes a bottleneck of "
+                              f"{n_embd} // {rf} = {m} units for n_embd={n_embd}; choose a "
+                              f"reduction_factor between 1 and {n_embd} (16 is AdapterHub's).")
+        m = int(m)
         if m < 1:
             raise ConfigError(f"BottleneckConfig reduction_factor {rf} leaves a bottleneck of "
                               f"int({n_embd} // {rf}) = {m} for n_embd={n_embd}; choose a "
@@ -233,12 +244,16 @@ class BottleneckModel(PeftModel):
         self.adapters: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # adapter -> module -> tensors
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: BottleneckConfig, seed: int = 0):
-        """Create an adapter, initialised as config.init_weights says (AdapterHub's inits)."""
+    def add_adapter(self, adapter_name: str, config: BottleneckConfig, seed: int | None = None):
+        """Create an adapter, initialised as config.init_weights says (AdapterHub's inits;
+        ``seed`` makes it repeatable, None: a fresh draw)."""
         self._check_new_adapter(adapter_name, config)
         config = copy.deepcopy(config)
-        rng, tensors = np.random.default_rng(seed), {}
-        for module, shapes in adapter_shapes(config, self.config).items():
+        all_shapes = adapter_shapes(config, self.config)
+        check_fits(f"BottleneckConfig reduction_factor={config.reduction_factor}",
+                   [s for shapes in all_shapes.values() for s in shapes.values()], self.dtype)
+        rng, tensors = self._init_rng(seed), {}
+        for module, shapes in all_shapes.items():
             if config.init_weights_seed is not None:   # AdapterHub: the same init in every module
                 rng = np.random.default_rng(config.init_weights_seed)
             tensors[module] = self._init_tensors(config, shapes, rng)

@@ -24,9 +24,10 @@ spelt out, which both load back to the same model, and reads peft's such files t
 "all-linear" is written as "all-linear" (peft writes the module names, with the same
 problem).
 
-Merging folds l into W and b as peft does; unmerging divides it back out exactly
-(peft divides by l + 1e-8), so merge_adapter refuses an l with a zero entry
-(merge_and_unload, which leaves the model as it is, takes any l).
+Merging folds l into W and b as peft does (base.MergeMixin: adapter_names, safe_merge,
+merging twice); unmerging divides it back out exactly (peft divides by l + 1e-8), so
+merge_adapter refuses an l with a zero entry (merge_and_unload, which leaves the model as
+it is, takes any l).
 """
 from __future__ import annotations
 
@@ -40,11 +41,10 @@ import numpy as np
 
 from ..config import refuse_unknown_fields
 from ..errors import CheckpointError, ConfigError
-from ..model.gpt2 import GPT2
 from ..ops import linear_forward
 from . import ia3 as twin
-from .base import PREFIX, PeftModel
-from .config_base import AUTO_MAPPING, from_peft_dict, peft_dict
+from .base import PREFIX, MergeMixin, PeftModel, check_fits
+from .config_base import AUTO_MAPPING, checked_config, from_peft_dict, peft_dict
 from .lora_model import target_keys as _lora_target_keys
 
 GPT2_TARGETS = ["c_attn", "mlp.c_proj"]       # peft's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
@@ -78,6 +78,7 @@ def _names(value, what: str, allow_empty: bool):
 
 
 @refuse_unknown_fields
+@checked_config
 @dataclass
 class IA3Config:
     """IA3's settings, as ``peft.IA3Config`` (same names, same defaults).
@@ -149,7 +150,8 @@ class IA3Config:
     # ------------------------------------------------------------ peft's json form
     def to_dict(self) -> dict:
         """The adapter_config.json peft writes (its unused fields at their defaults)."""
-        d = peft_dict(self, _UNUSED_PEFT_FIELDS, auto_mapping=AUTO_MAPPING)
+        d = peft_dict(self, _UNUSED_PEFT_FIELDS,          # peft: auto_mapping only without task_type
+                      auto_mapping=AUTO_MAPPING if self.task_type is None else None)
         del d["c_attn_slices"]                              # peft has no such field: see the module doc
         for k in ("target_modules", "feedforward_modules"):
             if isinstance(d[k], list):                      # a set in peft: order has no meaning
@@ -205,7 +207,7 @@ def ia3_parts(config: IA3Config, key: str, n: int, C: int, feedforward: bool):
     return [(f"{s}.", slice(j * C, (j + 1) * C)) for j, s in enumerate(QKV) if s in config.c_attn_slices]
 
 
-class IA3Model(PeftModel):
+class IA3Model(MergeMixin, PeftModel):
     """A GPT2 with IA3 adapters: peft's IA3Model for GPT-2, in NumPy."""
 
     config_class = IA3Config
@@ -214,11 +216,13 @@ class IA3Model(PeftModel):
     def _init_state(self):
         self.ia3: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> {name: l}
         self.feedforward: dict[str, set[str]] = {}                    # adapter -> input-scaled modules
-        self.merged: list[str] = []
+        self.merged: list[str] = []                                   # merged adapters, in order
+        self._unmerge_data: dict = {}                                 # (IA3 needs none)
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: IA3Config, seed: int = 0):
-        """Create an adapter: l = 1 (init_ia3_weights), else standard normal as peft."""
+    def add_adapter(self, adapter_name: str, config: IA3Config, seed: int | None = None):
+        """Create an adapter: l = 1 (init_ia3_weights), else standard normal as peft
+        (``seed`` makes that repeatable; None: a fresh draw)."""
         self._check_new_adapter(adapter_name, config)
         if self.merged:
             raise ConfigError("unmerge_adapter() before adding an adapter.")
@@ -227,9 +231,12 @@ class IA3Model(PeftModel):
             warnings.warn("fan_in_fan_out is set to False but GPT-2's layers are Conv1D, stored "
                           "[in, out]; setting fan_in_fan_out to True (as peft does).", stacklevel=3)
             config.fan_in_fan_out = True
-        rng = np.random.default_rng(seed)
+        keys = target_keys(config, self.config)
+        check_fits(f"IA3 on {len(keys)} modules", [self.params[f"{k}.weight"].shape[:1]
+                                                    for k in keys], self.dtype)   # at most in + out each
+        rng = self._init_rng(seed)
         tensors, ff = {}, set()
-        for key in target_keys(config, self.config):
+        for key in keys:
             n_in, n_out = self.params[f"{key}.weight"].shape
             fwd = is_feedforward(config, key)
             if fwd:
@@ -260,6 +267,7 @@ class IA3Model(PeftModel):
                     for a, m in self.ia3.items()}
         self.feedforward = {a: set(f) for a, f in self.feedforward.items()}
         self.merged = list(self.merged)
+        self._unmerge_data = dict(self._unmerge_data)
 
     # ------------------------------------------------------------ forward / backward
     def _linear(self, name: str, x):
@@ -309,12 +317,13 @@ class IA3Model(PeftModel):
         return (dh @ W.T).reshape(*dout.shape[:-1], W.shape[0])
 
     # ------------------------------------------------------------ merging
-    def _folded(self, adapter_name: str, unmerge: bool = False) -> dict[str, np.ndarray]:
-        """{module.weight / .bias: new array} with each vector folded in (or divided out)."""
+    def _folded(self, adapter_name: str, params, unmerge: bool = False) -> dict[str, np.ndarray]:
+        """{module.weight / .bias: new array} with each vector folded into ``params`` (or divided
+        out): W ⊙ l on the output columns and b ⊙ l, or W's input rows for a feedforward module."""
         ops = _kernels() if self.use_kernels else twin
         fold, out = ops.unmerge_weight if unmerge else ops.merge_weight, {}
         for key in self.ia3[adapter_name]:
-            W, b = self.params[f"{key}.weight"].copy(), self.params[f"{key}.bias"].copy()
+            W, b = params[f"{key}.weight"].copy(), params[f"{key}.bias"].copy()
             fwd = key in self.feedforward[adapter_name]
             for _, cols, l in self._parts(adapter_name, key):
                 if fwd:
@@ -324,32 +333,21 @@ class IA3Model(PeftModel):
             out[f"{key}.weight"], out[f"{key}.bias"] = W, b
         return out
 
-    def merge_adapter(self):
-        """Fold the active adapter into the base weights, as peft's merge (forward then skips
-        IA3): W ⊙ l on the output columns and b ⊙ l, or W's input rows for a feedforward module."""
-        if self.merged:
-            raise ConfigError(f"adapter {self.merged[0]!r} is already merged.")
-        zero = [k for k, a in self._adapter_arrays(self.active_adapter).items() if not np.all(a != 0)]
+    def _merged_params(self, name, params, base, keep):
+        return self._folded(name, params)
+
+    def _unmerged_params(self, name, params, kept):
+        """Exact division, where peft divides by l + 1e-8 (its warning: "Unmerge result can
+        be inaccurate for (IA)^3")."""
+        return self._folded(name, params, unmerge=True)
+
+    def _check_mergeable(self, adapter_name: str):
+        """merge_adapter only: a zero in l could never be divided back out (merge_and_unload,
+        which leaves this model as it is, takes any l)."""
+        zero = [k for k, a in self._adapter_arrays(adapter_name).items() if not np.all(a != 0)]
         if zero:
             raise ConfigError(f"{zero[0]} has entries equal to 0: merged, they could never be divided "
                               "back out. Use merge_and_unload(), which leaves this model as it is.")
-        self.params.update(self._folded(self.active_adapter))
-        self.merged = [self.active_adapter]
-
-    def unmerge_adapter(self):
-        """Divide the merged adapter back out of the base weights. Exact division, where peft
-        divides by l + 1e-8 (its warning: "Unmerge result can be inaccurate for (IA)^3")."""
-        if not self.merged:
-            raise ConfigError("no adapter is merged.")
-        self.params.update(self._folded(self.merged[0], unmerge=True))
-        self.merged = []
-
-    def merge_and_unload(self) -> GPT2:
-        """A plain GPT2 with the active adapter merged in (new arrays; this model is untouched)."""
-        params = {k: v.copy() for k, v in self.params.items()}
-        if not self.merged:
-            params.update(self._folded(self.active_adapter))
-        return GPT2(self.config, params)
 
     # ------------------------------------------------------------ saving
     def _adapter_state(self, adapter_name: str) -> tuple[dict, dict]:

@@ -180,20 +180,13 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
 def read_adapter(folder) -> tuple[object, dict, Path]:
     """-> (config of the method in its peft_type, {saved key: array}, weights path), the
     files checked for presence and form; the tensors are checked by the method's model."""
-    from .mapping import config_class_for
+    from .config_base import read_config
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"No {CONFIG_NAME} in {folder}: give the folder that "
                                    "save_pretrained (peft's or minipeft's) wrote.")
-    try:
-        d = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); save the adapter again.") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(d).__name__}; "
-                              "save the adapter again.")
-    config = config_class_for(d.get("peft_type", "LORA"), str(cfg_path)).from_dict(d, source=str(cfg_path))
+    config = read_config(cfg_path)              # the one JSON reader; every malformation a ConfigError
     if not w_path.is_file():
         hint = " It has adapter_model.bin: minipeft reads only safetensors (no pickles); re-save " \
                "it with peft's save_pretrained(safe_serialization=True)." \

@@ -12,10 +12,23 @@ from dataclasses import dataclass, field
 
 from ..config import refuse_unknown_fields
 from ..errors import ConfigError
-from .config_base import AUTO_MAPPING, from_peft_dict, peft_dict
+from .config_base import AUTO_MAPPING, checked_config, from_peft_dict, peft_dict
 
 LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-INITS = (True, False, "gaussian", "pissa", "olora")
+INITS = (True, False, "gaussian", "pissa", "pissa_niter_K", "olora")
+
+
+def _is_init(value) -> bool:
+    """One of INITS, "pissa_niter_K" standing for pissa_niter_0, pissa_niter_1, … (K
+    power iterations of the randomised SVD, as peft's ``pissa_niter_[number of iters]``)."""
+    if isinstance(value, bool):
+        return True
+    if not isinstance(value, str):
+        return False
+    head, sep, k = value.partition("_niter_")
+    if sep:
+        return head == "pissa" and k.isascii() and k.isdigit()
+    return value in INITS and value != "pissa_niter_K"
 BIASES = ("none", "all", "lora_only")
 
 # peft LoraConfig fields minipeft does not implement, and the value meaning "unused"
@@ -29,6 +42,7 @@ _UNUSED_PEFT_FIELDS = {
     "use_qalora": False, "velora_config": None, "kasa_config": None,
 }
 @refuse_unknown_fields
+@checked_config
 @dataclass
 class LoraConfig:
     """LoRA's settings, as ``peft.LoraConfig`` (same names, same defaults).
@@ -74,9 +88,9 @@ class LoraConfig:
         self.lora_dropout = float(self.lora_dropout)
         if self.bias not in BIASES:
             raise ConfigError(f"LoraConfig bias must be one of {BIASES}, got {self.bias!r}.")
-        if self.init_lora_weights not in INITS or (self.init_lora_weights in (0, 1) and
-                                                   not isinstance(self.init_lora_weights, bool)):
-            raise ConfigError(f"LoraConfig init_lora_weights must be one of {INITS}, got "
+        if not _is_init(self.init_lora_weights):
+            raise ConfigError(f"LoraConfig init_lora_weights must be one of {INITS} (K a whole "
+                              f"number of power iterations, e.g. 'pissa_niter_4'), got "
                               f"{self.init_lora_weights!r}.")
         self._check_targets()
         self._check_layers()
@@ -131,7 +145,7 @@ class LoraConfig:
         if self.use_dora:
             raise ConfigError("LoraConfig enable_lora (q/k/v slices) cannot be combined with use_dora: "
                               "DoRA's norm is per output column of the whole layer.")
-        if self.init_lora_weights in ("pissa", "olora"):
+        if isinstance(self.init_lora_weights, str) and self.init_lora_weights != "gaussian":
             raise ConfigError("LoraConfig enable_lora works with init_lora_weights True, False or "
                               f"'gaussian', not {self.init_lora_weights!r}.")
         self.enable_lora = list(e)
@@ -145,7 +159,8 @@ class LoraConfig:
     def to_dict(self) -> dict:
         """The adapter_config.json peft writes (its unused fields at their defaults)."""
         d = peft_dict(self, _UNUSED_PEFT_FIELDS, megatron_core="megatron.core", qalora_group_size=16,
-                      ensure_weight_tying=False, auto_mapping=AUTO_MAPPING)
+                      ensure_weight_tying=False,          # peft: auto_mapping only without task_type
+                      auto_mapping=AUTO_MAPPING if self.task_type is None else None)
         del d["enable_lora"]
         if isinstance(self.target_modules, list):          # a set in peft: order has no meaning
             d["target_modules"] = sorted(set(self.target_modules))
@@ -157,7 +172,7 @@ class LoraConfig:
         kwargs = from_peft_dict(cls, d, source, _UNUSED_PEFT_FIELDS,
                                 hint="Use plain LoRA/rsLoRA/DoRA settings.")
         if isinstance(kwargs.get("init_lora_weights"), str) and \
-                kwargs["init_lora_weights"] not in INITS:
+                not _is_init(kwargs["init_lora_weights"]):
             # the init only matters when the adapter is created; a saved one is already trained
             kwargs["init_lora_weights"] = True
         return cls(**kwargs)

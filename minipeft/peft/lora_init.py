@@ -33,8 +33,7 @@ import numpy as np
 
 from minipeft.errors import ConfigError
 from minipeft.peft.lora import lora_scaling
-
-SUPPORTED_INITS = (True, False, "gaussian", "pissa", "pissa_niter_K", "olora")
+from minipeft.peft.lora_config import INITS as SUPPORTED_INITS   # the one list, LoraConfig's
 SUPPORTED_COMBINATIONS = ("linear", "cat", "svd")
 # peft's other merges prune by magnitude (ties, magnitude_prune) or by random masks
 # (dare_*), a different code path; minipeft does not implement them.
@@ -102,7 +101,7 @@ def _pissa_init(init, weight, r, s, rng):
         Vr, Sr, Uhr = V[:, :r], S[:r] / s, Uh[:r]
     else:
         head, _, niter = init.partition("_niter_")
-        if head != "pissa" or not niter.isdigit():
+        if head != "pissa" or not (niter.isascii() and niter.isdigit()):
             raise ConfigError(f"init_lora_weights should be 'pissa' or 'pissa_niter_K' with K a "
                               f"whole number of power iterations, got {init!r}")
         Vr, Sr, Ur = _svd_lowrank(W, r, int(niter), rng)     # (out, r) (r,) (in, r)

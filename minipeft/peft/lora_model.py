@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import numbers
 import re
 import warnings
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..model.gpt2 import GPT2
 from ..ops import linear_forward
 from . import lora as twin
-from .base import PREFIX, PeftModel
+from .base import PREFIX, MergeMixin, PeftModel, check_adapter_name, check_fits
 from .lora_config import LINEAR_MODULES, LoraConfig
 from .lora_init import lora_init
 QKV = ("q", "k", "v")
@@ -79,7 +80,7 @@ def lora_parts(config: LoraConfig, key: str, n_out: int, C: int):
     return [(f"{QKV[j]}.", slice(j * C, (j + 1) * C)) for j in range(3) if config.enable_lora[j]]
 
 
-class LoraModel(PeftModel):
+class LoraModel(MergeMixin, PeftModel):
     """A GPT2 with LoRA adapters: peft's LoraModel for GPT-2, in NumPy."""
 
     config_class = LoraConfig
@@ -87,12 +88,13 @@ class LoraModel(PeftModel):
 
     def _init_state(self):
         self.lora: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> tensors
-        self.merged: list[str] = []          # adapters merged into the base weights
-        self._dora_norms: dict[tuple[str, str], np.ndarray] = {}
+        self.merged: list[str] = []          # adapters merged into the base weights, in order
+        self._unmerge_data: dict[tuple[str, str], np.ndarray] = {}    # DoRA's norms at merge time
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: LoraConfig, seed: int = 0):
-        """Create an adapter, initialised as config.init_lora_weights says."""
+    def add_adapter(self, adapter_name: str, config: LoraConfig, seed: int | None = None):
+        """Create an adapter, initialised as config.init_lora_weights says; ``seed`` makes
+        it repeatable (None: a fresh draw, so no two adapters start alike)."""
         self._check_new_adapter(adapter_name, config)
         if self.merged:
             raise ConfigError("unmerge_adapter() before adding an adapter.")
@@ -102,7 +104,14 @@ class LoraModel(PeftModel):
                           "[in, out]; setting fan_in_fan_out to True (as peft does).", stacklevel=3)
             config.fan_in_fan_out = True
         keys = target_keys(config, self.config)
-        rng = np.random.default_rng(seed)
+        shapes = []                                                    # A (r, in), B (out, r), m (out,)
+        for key in keys:
+            n_in, n_out = self.params[f"{key}.weight"].shape
+            for _, cols in self._parts(config, key):
+                shapes += [(config.r, n_in), (cols.stop - cols.start, config.r)]
+            shapes += [(n_out,)] if config.use_dora else []
+        check_fits(f"LoraConfig r={config.r} on {len(keys)} modules", shapes, self.dtype)
+        rng = self._init_rng(seed)
         tensors = {}
         for key in keys:
             W = self.params[f"{key}.weight"]                               # (in, out)
@@ -138,7 +147,7 @@ class LoraModel(PeftModel):
         self.lora = {a: {k: {n: v.astype(dtype) for n, v in t.items()} for k, t in m.items()}
                      for a, m in self.lora.items()}
         self.merged = list(self.merged)
-        self._dora_norms = {k: v.astype(dtype) for k, v in self._dora_norms.items()}
+        self._unmerge_data = {k: v.astype(dtype) for k, v in self._unmerge_data.items()}
 
     # ------------------------------------------------------------ parameters
     def _peft_bias_name(self, name: str) -> str:
@@ -147,8 +156,9 @@ class LoraModel(PeftModel):
         return f"{PREFIX}{module}.base_layer.bias" if wrapped else PREFIX + name
 
     def trainable_parameters(self) -> dict[str, np.ndarray]:
-        """name -> array (the live arrays: an optimiser updates them in place), peft's names."""
-        if self.peft_config[self.active_adapter].inference_mode:
+        """name -> array (the live arrays: an optimiser updates them in place), peft's names;
+        empty in inference mode or when no adapter is left."""
+        if not self.peft_config or self.active_peft_config.inference_mode:
             return {}
         out = {}
         for key, t in self.lora[self.active_adapter].items():
@@ -176,7 +186,7 @@ class LoraModel(PeftModel):
         t = self._active_lora(name)
         if t is None:
             return out, (x_cache, None)
-        cfg = self.peft_config[self.active_adapter]
+        cfg = self.active_peft_config
         ops = _kernels() if self.use_kernels else twin
         s, x2 = cfg.scaling, x.reshape(-1, x.shape[-1])                 # (N, in)
         out2 = out.reshape(-1, out.shape[-1])                           # (N, out), a view
@@ -231,60 +241,50 @@ class LoraModel(PeftModel):
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
         """GPT2.backward, with the trained biases renamed as peft saves them."""
         grads = super().backward(dlogits, cache)
-        if self.peft_config[self.active_adapter].inference_mode:
+        if self.active_peft_config.inference_mode:
             return {}
         return {(self._peft_bias_name(k) if not k.startswith(PREFIX) else k): v
                 for k, v in grads.items()}
 
-    # ------------------------------------------------------------ merging
-    def merge_adapter(self):
-        """Fold the active adapter into the base weights (forward then skips LoRA)."""
-        if self.merged:
-            raise ConfigError(f"adapter {self.merged[0]!r} is already merged.")
-        self.params.update(self._merged_weights(self.active_adapter, keep_norms=True))
-        self.merged = [self.active_adapter]
-
-    def _merged_weights(self, name, keep_norms=False) -> dict[str, np.ndarray]:
-        """{module.weight: W0 + s (BA)ᵀ (DoRA: times m / norm)} for adapter ``name``, new arrays."""
+    # ------------------------------------------------------------ merging (MergeMixin)
+    def _merged_params(self, name, params, base, keep) -> dict[str, np.ndarray]:
+        """{module.weight: W + s (BA)ᵀ} for adapter ``name`` on ``params``, new arrays. DoRA:
+        (W + s (BA)ᵀ) · m / ‖W0 + s (BA)ᵀ‖ with W0 from ``base`` (nothing merged), the norm
+        forward uses (peft: _unmerged_base_weight); the norm goes into ``keep`` for unmerging."""
         cfg, out = self.peft_config[name], {}
         for key, t in self.lora[name].items():
-            W = self.params[f"{key}.weight"].copy()
+            W, W0 = params[f"{key}.weight"].copy(), base[f"{key}.weight"]
             for prefix, cols in self._parts(cfg, key):
-                W[:, cols], norm = twin.merge_weight(
-                    W[:, cols], t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"],
-                    cfg.scaling, t.get("lora_magnitude_vector"))
-                if norm is not None and keep_norms:        # unmerge divides by the same factor
-                    self._dora_norms[(name, key)] = norm
+                A, B = t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"]
+                m = t.get("lora_magnitude_vector")
+                if m is None:
+                    W[:, cols] = twin.merge_weight(W[:, cols], A, B, cfg.scaling)[0]
+                else:
+                    norm = twin.dora_weight_norm(W0[:, cols], A, B, cfg.scaling)      # (out,)
+                    W[:, cols] = (W[:, cols] + twin.delta_weight(A, B, cfg.scaling)) * (m / norm)
+                    keep[(name, key)] = norm
             out[f"{key}.weight"] = W
         return out
 
-    def unmerge_adapter(self):
-        """Take the merged adapter back out of the base weights."""
-        if not self.merged:
-            raise ConfigError("no adapter is merged.")
-        name = self.merged[0]
-        cfg = self.peft_config[name]
+    def _unmerged_params(self, name, params, kept) -> dict[str, np.ndarray]:
+        """Adapter ``name`` taken back out of ``params``' weights, new arrays (DoRA divides
+        by the factor its merge used, ``kept``)."""
+        cfg, out = self.peft_config[name], {}
         for key, t in self.lora[name].items():
-            W = self.params[f"{key}.weight"].copy()
+            W = params[f"{key}.weight"].copy()
             for prefix, cols in self._parts(cfg, key):
                 W[:, cols] = twin.unmerge_weight(
                     W[:, cols], t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"],
-                    cfg.scaling, t.get("lora_magnitude_vector"), self._dora_norms.pop((name, key), None))
-            self.params[f"{key}.weight"] = W
-        self.merged = []
-
-    def merge_and_unload(self) -> GPT2:
-        """A plain GPT2 with the active adapter merged in (new arrays; this model is untouched)."""
-        params = {k: v.copy() for k, v in self.params.items()}
-        if not self.merged:
-            params.update(self._merged_weights(self.active_adapter))
-        return GPT2(self.config, params)
+                    cfg.scaling, t.get("lora_magnitude_vector"), kept.get((name, key)))
+            out[f"{key}.weight"] = W
+        return out
 
     # ------------------------------------------------------------ weighted adapters
     def add_weighted_adapter(self, adapters, weights, adapter_name, combination_type="svd",
                              svd_rank=None, svd_clamp=None, svd_full_matrices=True):
         """A new adapter mixing existing ones, as peft's add_weighted_adapter."""
         from .lora_init import combine_lora
+        check_adapter_name(adapter_name)
         for a in adapters:
             self._check_name(a)
         if len(weights) != len(adapters):
@@ -293,6 +293,10 @@ class LoraModel(PeftModel):
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists (peft would silently do "
                               "nothing); choose a new name.")
+        bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, numbers.Real)
+               or not math.isfinite(w)]
+        if bad:
+            raise ConfigError(f"add_weighted_adapter weights must be finite numbers, got {bad[0]!r}.")
         cfgs = [self.peft_config[a] for a in adapters]
         if any(c.use_dora or c.enable_lora is not None for c in cfgs):
             raise ConfigError("add_weighted_adapter combines plain LoRA adapters (no DoRA, no q/k/v slices).")
@@ -315,10 +319,10 @@ class LoraModel(PeftModel):
         config = dataclasses.replace(cfgs[0], r=r_new, lora_alpha=alpha_new, target_modules=keys,
                                      layers_to_transform=None)
         config.fan_in_fan_out = True
-        self.peft_config[adapter_name] = config
-        self.lora[adapter_name] = {key: {"lora_A.weight": combined[f"{key}.lora_A.weight"],
-                                         "lora_B.weight": combined[f"{key}.lora_B.weight"]}
-                                   for key in keys}
+        self._check_new_adapter(adapter_name, config)        # its name, one adapter with bias
+        self._register(adapter_name, config, lora={
+            key: {"lora_A.weight": combined[f"{key}.lora_A.weight"],
+                  "lora_B.weight": combined[f"{key}.lora_B.weight"]} for key in keys})
 
     # ------------------------------------------------------------ saving
     def _adapter_state(self, adapter_name):
@@ -345,6 +349,6 @@ class LoraModel(PeftModel):
         """No PiSSA/OLoRA re-init of the base when loading (the saved adapter assumes its
         base already holds the residual)."""
         config = PeftModel._as_loaded(config, is_trainable)
-        if config.init_lora_weights in ("pissa", "olora"):
-            config.init_lora_weights = True
+        if isinstance(config.init_lora_weights, str) and config.init_lora_weights != "gaussian":
+            config.init_lora_weights = True                 # pissa, pissa_niter_K, olora
         return config

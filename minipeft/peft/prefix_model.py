@@ -40,8 +40,8 @@ from ..model.gpt2 import NO_PAST_BACKWARD
 from ..model.inputs import (check_attention_mask, check_input_ids, check_past_key_values,
                             check_position_ids)
 from . import prefix as twin
-from .base import PeftModel
-from .config_base import from_peft_dict, peft_dict
+from .base import PeftModel, check_fits
+from .config_base import checked_config, from_peft_dict, peft_dict
 
 CONVENTIONS = ("peft", "adapters")
 FLAT = "prompt_embeddings"                         # peft's saved key; the flat prefix (P, 2LC)
@@ -58,6 +58,7 @@ def _positive(value) -> bool:
 
 
 @refuse_unknown_fields
+@checked_config
 @dataclass
 class PrefixTuningConfig:
     """Prefix tuning's settings, as ``peft.PrefixTuningConfig`` (same names and defaults;
@@ -138,13 +139,17 @@ class PrefixTuningModel(PeftModel):
         self.prefix: dict[str, dict[str, np.ndarray]] = {}   # adapter -> {name: array}
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: PrefixTuningConfig, seed: int = 0):
-        """A new prefix with peft's init: nn.Embedding N(0, 1); nn.Linear U(±1/√fan_in)."""
+    def add_adapter(self, adapter_name: str, config: PrefixTuningConfig, seed: int | None = None):
+        """A new prefix with peft's init: nn.Embedding N(0, 1); nn.Linear U(±1/√fan_in)
+        (``seed`` makes it repeatable; None: a fresh draw)."""
         self._check_new_adapter(adapter_name, config)
         config = self._filled(copy.deepcopy(config))
-        rng, dt = np.random.default_rng(seed), self.dtype
         P, C, H = config.num_virtual_tokens, config.token_dim, config.encoder_hidden_size
         out = 2 * config.num_layers * C                       # 2LC
+        check_fits(f"PrefixTuningConfig num_virtual_tokens={P}, encoder_hidden_size={H}",
+                   [(P, out)] if config.flat else [(P, C), (H, C), (H,), (out, H), (out,), (P, out)],
+                   self.dtype)                                # the MLP's output (P, 2LC) too
+        rng, dt = self._init_rng(seed), self.dtype
         zero = config.init_weights == "zero"
         uniform = lambda shape, fan_in: rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
         if config.flat:

@@ -34,8 +34,8 @@ from ..model.inputs import (_as_int_array, check_attention_mask, check_input_ids
                             check_past_key_values, check_position_ids)
 from ..ops import IGNORE_INDEX, cross_entropy_forward, shift_labels
 from . import prompt as twin
-from .base import PeftModel
-from .config_base import from_peft_dict, peft_dict
+from .base import PeftModel, check_fits
+from .config_base import checked_config, from_peft_dict, peft_dict
 
 INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
 KEY = "prompt_embeddings"                  # the saved (and trainable) tensor's name, as peft's
@@ -48,6 +48,7 @@ def _kernels():
 
 
 @refuse_unknown_fields
+@checked_config
 @dataclass
 class PromptTuningConfig:
     """Prompt tuning's settings, as ``peft.PromptTuningConfig`` (same names, same defaults).
@@ -139,13 +140,15 @@ class PromptTuningModel(PeftModel):
         self.prompts: dict[str, np.ndarray] = {}        # adapter -> prompt_embeddings (P, C)
 
     # ------------------------------------------------------------ adapters
-    def add_adapter(self, adapter_name: str, config: PromptTuningConfig, seed: int = 0):
+    def add_adapter(self, adapter_name: str, config: PromptTuningConfig, seed: int | None = None):
         """Create an adapter, initialised as config.prompt_tuning_init says (random values
-        in inference mode, as peft: loading replaces them)."""
+        in inference mode, as peft: loading replaces them; ``seed`` makes them repeatable,
+        None: a fresh draw)."""
         self._check_new_adapter(adapter_name, config)
         config = self._filled(config)
         P, C = config.num_virtual_tokens, self.config.n_embd
-        rng, wte = np.random.default_rng(seed), self.params["transformer.wte.weight"]
+        check_fits(f"PromptTuningConfig num_virtual_tokens={P}", [(P, C)], self.dtype)
+        rng, wte = self._init_rng(seed), self.params["transformer.wte.weight"]
         init = "RANDOM" if config.inference_mode else config.prompt_tuning_init
         if init == "SAMPLE_VOCAB":
             prompt = twin.sample_vocab_init(rng, P, wte)
