@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="tiny-shakespeare")
     p.add_argument("--r", type=int, default=8, help="LoRA rank for the table (default 8)")
     p.set_defaults(func=_info)
+    from .exercises.report import add_parser as add_exercises_parser   # minipeft exercises report
+    add_exercises_parser(sub)
     return parser
 
 
