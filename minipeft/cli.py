@@ -10,6 +10,34 @@ import sys
 
 from .errors import MinipeftError
 
+# arguments that name files or folders: any bytes the file system takes are fine there;
+# every other text argument (a prompt, module names, ...) must be UTF-8 text
+PATH_ARGS = frozenset({"src", "dst", "out", "data", "eval_data", "model", "adapter", "tokenizer"})
+
+
+def _check_text_args(args) -> None:
+    """Refuse a text argument holding bytes that are not UTF-8 (Python keeps them as
+    lone surrogates, which the tokenizer refuses with a traceback), naming it."""
+    from .io.files import check_text
+    for name, value in vars(args).items():
+        if isinstance(value, str) and name not in PATH_ARGS:
+            check_text(value, "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}")
+
+
+def _output_folder(path, name: str):
+    """The folder ``path`` (argument ``name``) to write into; a sentence, not an errno,
+    when it or a folder above it is an existing file."""
+    from .io.files import check_output_folder
+    return check_output_folder(path, name)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError the commands did not foresee (permissions, a full disk, ...) as a sentence."""
+    what = e.strerror or str(e)
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return (f"the system refused a file operation: {what}{where}. Check that the path exists, "
+            "that you may read and write there, and that the disk has space.")
+
 
 def _check_flags(args, **rules) -> None:
     """Refuse a bad flag value before any work, naming the flag as typed: a rule is the
@@ -23,6 +51,7 @@ def _check_flags(args, **rules) -> None:
 
 def _convert(args) -> None:
     from .io.checkpoint import convert_checkpoint, load_folder
+    _output_folder(args.dst, "DST")
     dst = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     config, params = load_folder(dst)
     n = sum(p.size for p in params.values())
@@ -34,6 +63,8 @@ def _convert(args) -> None:
 def _demo(args) -> None:
     from .demo import DemoConfig, run_demo
     _check_flags(args, steps=1, seed=0)
+    if args.out is not None:
+        _output_folder(args.out, "--out")
     cfg = DemoConfig(steps=args.steps, seed=args.seed)
     if args.quick:                                  # a smoke run: seconds, not a minute
         cfg = DemoConfig(steps=args.steps if args.steps != DemoConfig.steps else 60, n_train=200,
@@ -45,6 +76,7 @@ def _pretrain(args) -> None:
     from .train.pretrain import PretrainConfig, pretrain
     _check_flags(args, vocab_size=1, n_layer=1, n_head=1, n_embd=1, block_size=1, batch_size=1,
                  warmup_steps=0, steps=1, lr=0.0, seed=0)
+    _output_folder(args.out, "OUT")
     cfg = PretrainConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                          n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size,
                          steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -116,7 +148,7 @@ def _finetune(args) -> None:
                  reduction_factor=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
                  weight_decay=0, max_grad_norm=0, max_length=2, eval_steps=1, save_steps=1,
                  steps=1, lr=0.0, seed=0)
-    out = Path(args.out)
+    out = _output_folder(args.out, "OUT")
     if out.exists() and any(out.iterdir()) and not (args.overwrite or args.resume):
         raise MinipeftError(f"{out} exists and is not empty; choose another folder, pass --resume "
                             "to continue its run, or --overwrite.")
@@ -173,6 +205,7 @@ def _generate(args) -> None:
 def _merge(args) -> None:
     from . import GPT2, PeftModel
     from .io.checkpoint import resolve_model_folder, save_folder, tokenizer_files
+    _output_folder(args.out, "OUT")
     pm = PeftModel.from_pretrained(GPT2.from_pretrained(args.model), args.adapter)
     if not hasattr(pm, "merge_and_unload"):
         raise MinipeftError(f"{args.adapter} is a {pm.active_peft_config.peft_type} adapter, which adds "
@@ -330,9 +363,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_text_args(args)
         args.func(args)
-    except (MinipeftError, OSError) as e:   # OSError: disk full, permissions, ...
+    except MinipeftError as e:
         print(f"minipeft {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:                    # disk full, permissions, ...: a sentence, no errno
+        print(f"minipeft {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

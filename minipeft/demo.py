@@ -22,6 +22,7 @@ import numpy as np
 from .config import refuse_unknown_fields
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_file
+from .io.files import check_output_folder
 
 BUNDLED = "tiny-shakespeare"
 
@@ -93,7 +94,8 @@ def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_nam
     cfg = cfg or DemoConfig()
     start = time.perf_counter()
     out = Path(out) if out is not None else Path(f"minipeft-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    check_output_folder(out, "the demo's output folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; give another --out or pass --overwrite.")
     model = GPT2.from_pretrained(model_name)
     tok = load_tokenizer(model_name)

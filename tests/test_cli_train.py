@@ -174,3 +174,110 @@ def test_pretrain_smoke_and_python_dash_m(tmp_path, capsys):
     result = subprocess.run([sys.executable, "-m", "minipeft", "demo", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--steps" in result.stdout
+
+
+# --- text that is not UTF-8 and output paths that are files: a sentence, never an errno ----
+
+def test_a_prompt_that_is_not_utf8_is_refused_with_a_sentence(capsys):
+    """Bytes on the command line that are not UTF-8 reach Python as lone surrogates
+    ("caf\\xe9" in Latin-1 -> "caf\\udce9"); the tokenizer would raise a traceback."""
+    rc, _, err = run(capsys, "generate", BUNDLED, "caf\udce9", "--max-new-tokens", 2)
+    assert rc == 1 and "Traceback" not in err
+    assert "the prompt is not UTF-8 text: character 3 is the byte 0xe9" in err
+
+
+def test_argv_bytes_that_are_not_utf8_in_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "minipeft", "generate", BUNDLED, b"caf\xe9 au lait",
+                             "--max-new-tokens", "2"], capture_output=True, timeout=120)
+    err = result.stderr.decode("utf-8", "backslashreplace")
+    assert result.returncode == 1 and "Traceback" not in err, err
+    assert "the prompt is not UTF-8 text" in err and "byte 0xe9" in err
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["--target-modules", "c_attn,mlp.c_f\udcffc"], "--target-modules"),
+    (["--method", "prompt", "--prompt-init", "text", "--prompt-init-text", "name: \udce9"],
+     "--prompt-init-text"),
+])
+def test_every_text_flag_is_checked(tmp_path, capsys, flags, name):
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(4, seed=1))
+    rc, _, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--steps", 1, *flags)
+    assert rc == 1 and f"{name} is not UTF-8 text" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_path_that_is_not_utf8_is_still_a_path(tmp_path, capsys):
+    """Paths may hold any bytes the file system takes: only text arguments are checked."""
+    rc, _, err = run(capsys, "info", tmp_path / "caf\udce9")
+    assert rc == 1 and "not UTF-8" not in err and "caf" in err
+
+
+def test_pretrain_corpus_that_is_not_utf8(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(("To be, or not to be\n" * 200).encode() + "Ophélie\n".encode("latin-1"))
+    rc, _, err = run(capsys, "pretrain", corpus, tmp_path / "m", "--steps", 1, "--no-progress")
+    assert rc == 1 and "Traceback" not in err
+    assert "corpus.txt, line 201: not UTF-8 text (byte 0xe9 at column 4)" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_finetune_data_that_is_not_utf8(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_bytes('{"prompt": "café", "completion": " x"}\n'.encode("cp1252"))
+    rc, _, err = run(capsys, "finetune", BUNDLED, data, tmp_path / "run", "--steps", 1)
+    assert rc == 1 and "train.jsonl, line 1: not UTF-8 text (byte 0xe9" in err
+
+
+def _commands_writing_to(out, tmp_path):
+    """Every command that writes a folder, with ``out`` as that folder."""
+    data = write_jsonl(tmp_path / "train.jsonl", make_examples(4, seed=1))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 100)
+    model = bundled_dir(BUNDLED)
+    return {
+        "demo": ["demo", "--quick", "--out", out, "--no-progress"],
+        "demo --overwrite": ["demo", "--quick", "--out", out, "--overwrite", "--no-progress"],
+        "finetune": ["finetune", BUNDLED, data, out, "--steps", 1, "--no-progress"],
+        "finetune --overwrite": ["finetune", BUNDLED, data, out, "--steps", 1, "--overwrite"],
+        "pretrain": ["pretrain", corpus, out, "--steps", 1, "--no-progress"],
+        "pretrain --overwrite": ["pretrain", corpus, out, "--steps", 1, "--overwrite"],
+        "merge": ["merge", BUNDLED, tmp_path / "no-adapter", out],
+        "merge --overwrite": ["merge", BUNDLED, tmp_path / "no-adapter", out, "--overwrite"],
+        "convert": ["convert", model, out],
+        "convert --overwrite": ["convert", model, out, "--overwrite"],
+    }
+
+
+COMMANDS = ["demo", "demo --overwrite", "finetune", "finetune --overwrite", "pretrain",
+            "pretrain --overwrite", "merge", "merge --overwrite", "convert", "convert --overwrite"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_output_path_that_is_a_file(tmp_path, capsys, command):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file")
+    rc, out, err = run(capsys, *_commands_writing_to(mine, tmp_path)[command])
+    assert rc == 1, out
+    assert "notes.txt is a file, not a folder" in err and "Errno" not in err, err
+    assert mine.read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("command", ["demo", "finetune", "pretrain", "merge", "convert"])
+def test_an_output_path_under_a_file(tmp_path, capsys, command):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file")
+    rc, out, err = run(capsys, *_commands_writing_to(mine / "run", tmp_path)[command])
+    assert rc == 1, out
+    assert "cannot be created" in err and "notes.txt is a file, not a folder" in err, err
+    assert "Errno" not in err and mine.read_text() == "the user's own file"
+
+
+def test_an_unforeseen_os_error_is_a_sentence(capsys, monkeypatch):
+    import minipeft.info
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/data/run/loss.png")
+    monkeypatch.setattr(minipeft.info, "print_info", full_disk)
+    rc, _, err = run(capsys, "info", BUNDLED)
+    assert rc == 1 and "Errno" not in err and "Traceback" not in err
+    assert "No space left on device (/data/run/loss.png)" in err

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import GPT2Config, refuse_unknown_fields
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import sha256_file, expected_shapes, save_folder
+from ..io.files import check_output_folder, read_text
 
 INFO_NAME = "training_info.json"
 
@@ -88,13 +89,13 @@ def pretrain(data_path, out, cfg: PretrainConfig, overwrite: bool = False, progr
     from ..tokenizer import save_tokenizer, train_bpe_tokenizer
     from .data import lm_windows
     from .trainer import Trainer, TrainingArguments
-    data_path, out = Path(data_path), Path(out)
+    data_path, out = Path(data_path), check_output_folder(out, "pretrain's output folder")
     if not data_path.is_file():
         raise InputError(f"pretrain: no text file at {data_path}; give the path of a UTF-8 text "
                          "file to learn from.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; choose another folder or pass --overwrite.")
-    text = data_path.read_text(encoding="utf-8")
+    text = read_text(data_path, what="text file to pretrain on")
     if len(text) < 10 * cfg.block_size:
         raise InputError(f"{data_path} holds {len(text)} characters: too little to pretrain on.")
     start = time.perf_counter()
