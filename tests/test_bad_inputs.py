@@ -277,7 +277,9 @@ def test_sharded_index_problems(hf, tmp_path, loader):
     shard.unlink()
     refused(loader, src, WeightsNotFoundError, rf"Shard .*{shard.name} named in the index is missing")
     index.write_text("{\"metadata\": {}}")
-    refused(loader, src, CheckpointError, r"Cannot read .*model\.safetensors\.index\.json")
+    refused(loader, src, CheckpointError,                 # the message before / after io/'s JSON reader
+            r"Cannot read .*model\.safetensors\.index\.json|"
+            r"model\.safetensors\.index\.json has no \"weight_map\" object of tensor -> shard file")
 
 
 def test_unknown_trainable_name_is_refused():

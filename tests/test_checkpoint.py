@@ -23,7 +23,7 @@ from minipeft.errors import CheckpointError
 from minipeft.io.checkpoint import expected_shapes, load_folder
 from minipeft.io.paths import HUB_NAMES
 
-from conftest import SHARED_DATA
+from minipeft.tokenizer import GPT2_BPE_DIR
 
 CFG = dict(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=40)
 IDS = np.array([[1, 5, 9, 39, 0, 7], [3, 3, 2, 8, 30, 11]])
@@ -180,13 +180,8 @@ def test_tokenizer_files_are_copied(hf, tmp_path):
     folder, _ = hf
     src = tmp_path / "src"
     shutil.copytree(folder, src)
-    bpe = SHARED_DATA / "gpt2-bpe"
-    if (bpe / "encoder.json").is_file() and (bpe / "vocab.bpe").is_file():
-        shutil.copyfile(bpe / "encoder.json", src / "vocab.json")
-        shutil.copyfile(bpe / "vocab.bpe", src / "merges.txt")
-    else:
-        (src / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2}))
-        (src / "merges.txt").write_text("#version: 0.2\na b\n")
+    shutil.copyfile(GPT2_BPE_DIR / "encoder.json", src / "vocab.json")     # GPT-2's, bundled
+    shutil.copyfile(GPT2_BPE_DIR / "vocab.bpe", src / "merges.txt")
     dst = convert_checkpoint(src, tmp_path / "conv")
     assert sorted(os.listdir(dst)) == ["config.json", "merges.txt", "model.safetensors",
                                        "vocab.json"]
@@ -489,13 +484,11 @@ def test_hub_name_downloads_once_and_converts(hf, weights, monkeypatch):
     """With network, a hub name is fetched (here: a local folder stands in for the
     download), converted into weights/<name>/ once, and loaded from there after."""
     import huggingface_hub
-    if not (SHARED_DATA / "gpt2-bpe").is_dir():
-        pytest.skip("needs ../shared/data/gpt2-bpe")
     folder, _ = hf
     src = weights.parent / "hub-cache"
     shutil.copytree(folder, src)
-    shutil.copyfile(SHARED_DATA / "gpt2-bpe" / "encoder.json", src / "vocab.json")
-    shutil.copyfile(SHARED_DATA / "gpt2-bpe" / "vocab.bpe", src / "merges.txt")
+    shutil.copyfile(GPT2_BPE_DIR / "encoder.json", src / "vocab.json")
+    shutil.copyfile(GPT2_BPE_DIR / "vocab.bpe", src / "merges.txt")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = []
 

@@ -309,6 +309,22 @@ def test_any_json_value_in_any_field_is_accepted_or_a_config_error(cls):
 
 
 # ================================================================== §4 peft's semantics
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(adapters="default", weights=[1.0]), "add_weighted_adapter takes lists"),
+    (dict(adapters=[], weights=[]), "add_weighted_adapter takes lists"),
+    (dict(adapters=["default"], weights=[math.nan]), "weights must be finite numbers, got nan"),
+    (dict(adapters=["default"], weights=["1"]), "weights must be finite numbers, got '1'"),
+    (dict(adapters=["default"], weights=[1.0], svd_rank="4"), "svd_rank must be a positive integer"),
+    (dict(adapters=["default"], weights=[1.0], svd_rank=0), "svd_rank must be a positive integer"),
+    (dict(adapters=["default"], weights=[1.0], svd_clamp=2.0), r"svd_clamp is a quantile in \[0, 1\]"),
+])
+def test_add_weighted_adapter_arguments(kwargs, match):
+    pm = lora()
+    with pytest.raises(ConfigError, match=match):
+        pm.add_weighted_adapter(adapter_name="mix", **kwargs)
+    assert sorted(pm.peft_config) == ["default"]
+
+
 def test_a_second_adapter_with_bias_is_refused_as_peft_does(tmp_path):
     pm = lora(bias="all")
     for bias in ("all", "lora_only"):
@@ -424,6 +440,8 @@ MERGEABLE = {
     "lora": lambda: LoraConfig(r=2, target_modules="all-linear", fan_in_fan_out=True),
     "dora": lambda: LoraConfig(r=2, target_modules=["c_attn", "mlp.c_fc"], use_dora=True,
                                fan_in_fan_out=True),
+    "qkv-slices": lambda: LoraConfig(r=2, target_modules=["c_attn"], enable_lora=[True, False, True],
+                                     fan_in_fan_out=True),
     "ia3": lambda: IA3Config(fan_in_fan_out=True),
 }
 

@@ -285,8 +285,20 @@ class LoraModel(MergeMixin, PeftModel):
         """A new adapter mixing existing ones, as peft's add_weighted_adapter."""
         from .lora_init import combine_lora
         check_adapter_name(adapter_name)
+        if isinstance(adapters, str) or not isinstance(adapters, (list, tuple)) or not adapters \
+                or not isinstance(weights, (list, tuple)):
+            raise ConfigError(f"add_weighted_adapter takes lists: adapters=['a', 'b'], weights=[0.5, "
+                              f"0.5]; got adapters={adapters!r}, weights={weights!r}.")
         for a in adapters:
             self._check_name(a)
+        if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(
+                svd_rank, numbers.Integral) or svd_rank <= 0):
+            raise ConfigError(f"add_weighted_adapter svd_rank must be a positive integer or None "
+                              f"(None: the largest r of the adapters), got {svd_rank!r}.")
+        if svd_clamp is not None and (isinstance(svd_clamp, bool) or not isinstance(
+                svd_clamp, numbers.Real) or not 0 <= svd_clamp <= 1):
+            raise ConfigError(f"add_weighted_adapter svd_clamp is a quantile in [0, 1] or None, "
+                              f"got {svd_clamp!r}.")
         if len(weights) != len(adapters):
             raise ConfigError(f"add_weighted_adapter got {len(adapters)} adapters but "
                               f"{len(weights)} weights.")
