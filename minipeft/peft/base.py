@@ -18,11 +18,12 @@ builds the matching subclass, as ``peft.PeftModel.from_pretrained`` does.
 Names of trainable tensors are the keys of peft's saved state dict, so that
 ``trainable_parameters()``, ``loss_and_grads``'s grads and the saved file agree.
 
-Three checks live here, once for every method and every way in:
-``check_adapter_name`` (an adapter name becomes a folder name when saved),
-``check_fits`` (an adapter's size, before anything is allocated) and ``_init_rng``
-(each adapter added without a seed draws its own random start). ``MergeMixin`` holds
-peft's merging protocol for the methods that fold into the weights (LoRA, IA3).
+What every method needs once, for every way in, lives here too: ``check_adapter_name``
+(an adapter name becomes a folder name when saved), ``check_fits`` (an adapter's size,
+before anything is allocated), ``_check_new_adapter`` (peft's rule of one adapter with
+bias; the config's values checked again) and ``_init_rng`` (an adapter added without a
+seed draws its own random start). ``MergeMixin`` holds peft's merging protocol for the
+methods that fold into the weights (LoRA, IA3).
 """
 from __future__ import annotations
 
@@ -54,15 +55,18 @@ def check_adapter_name(name, what: str = "adapter name") -> str:
         raise ConfigError(f"{what} must be a string such as 'default' or 'task_a', "
                           f"got {name!r} ({type(name).__name__}).")
     bad = [c for c in name if c in "./\\:" or unicodedata.category(c) == "Cc"]
-    why = ("is empty or blank" if not name.strip() else
-           f"contains {bad[0]!r}" if bad else
-           f"is {len(name.encode('utf-8', 'surrogatepass'))} bytes long (at most {NAME_MAX})"
-           if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX else None)
-    if why:
-        raise ConfigError(f"{what} {name!r} {why}: an adapter name is saved as a folder name "
-                          "(save_pretrained writes folder/<name>), so it must be a plain name "
-                          "without '.', '/', '\\', ':' or control characters, e.g. 'task_a'.")
-    return name
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not name.strip():
+        why = "is empty or blank"
+    elif bad:
+        why = f"contains {bad[0]!r}"
+    elif size > NAME_MAX:
+        why = f"is {size} bytes long (at most {NAME_MAX})"
+    else:
+        return name
+    raise ConfigError(f"{what} {name!r} {why}: an adapter name is saved as a folder name "
+                      "(save_pretrained writes folder/<name>), so it must be a plain name "
+                      "without '.', '/', '\\', ':' or control characters, e.g. 'task_a'.")
 
 
 def check_seed(seed, what: str = "seed"):
