@@ -12,12 +12,10 @@ import copy
 import warnings
 
 import numpy as np
-import pytest
 
 from minipeft import GPT2, LoraConfig, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
 
-from conftest import SHARED_DATA
 from test_lora_vs_peft import peft_name
 
 SEED = dict(r=8, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.1, bias="none")
@@ -26,11 +24,8 @@ SEED = dict(r=8, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.1, bia
 def test_seed_example_at_124m(hf_checkpoint, capsys):
     import torch
     from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
-    bpe = SHARED_DATA / "gpt2-bpe"
-    if not (bpe / "encoder.json").is_file():
-        pytest.skip(f"GPT-2 vocabulary not found at {bpe}")
     folder, hf_model = hf_checkpoint(seed=0)                      # GPT2Config(): the 124M shape
-    ids = np.array([load_tokenizer(bpe).encode("Hello, PEFT!").ids])
+    ids = np.array([load_tokenizer("gpt2").encode("Hello, PEFT!").ids])   # bundled, offline
     assert ids.shape == (1, 5)
 
     pm_t = torch_get_peft_model(copy.deepcopy(hf_model), TorchLoraConfig(**SEED)).eval()
