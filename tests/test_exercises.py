@@ -691,3 +691,22 @@ def test_every_exercise_is_in_a_notebook():
     for name, ex in EXERCISES.items():
         assert f'check("{name}"' in text, name
         assert f"### BEGIN SOLUTION  Exercise {ex.number}:" in text, name
+
+
+def test_the_readme_lists_every_exercise_with_its_count():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "## For teachers" in text
+    for name, ex in EXERCISES.items():
+        count = f"{len(ex.misconceptions)}" + (" + shape errors" if ex.on_exception else "")
+        assert f"| {ex.number} | `{name}` | {ex.title} | {count} |" in text, name
+    total = sum(len(ex.misconceptions) for ex in EXERCISES.values())
+    assert f"The {total} mistakes include" in text
+
+
+def test_the_readme_verdict_is_what_a_check_prints(capsys):
+    def eps_outside(x, g, b, eps):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / (x.std(-1, keepdims=True) + eps) * g + b
+    EXERCISES["layernorm_forward"].check(eps_outside)
+    printed = capsys.readouterr().out.strip()
+    assert printed in (ROOT / "README.md").read_text(encoding="utf-8")
