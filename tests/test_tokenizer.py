@@ -19,10 +19,17 @@ from minipeft.errors import CheckpointError, MinipeftError, WeightsNotFoundError
 from minipeft.io.paths import HUB_NAMES
 from minipeft.tokenizer import GPT2_BPE_DIR, GPT2_BPE_SHA256, load_tokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BPE_DIR = GPT2_BPE_DIR                                   # bundled: every clone has it
 ENCODER, VOCAB_BPE = BPE_DIR / "encoder.json", BPE_DIR / "vocab.bpe"
-SHAKESPEARE = DATA / "tinyshakespeare.txt"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repository_text() -> str:
+    """A corpus every clone has: the project's own docs and sources (~700 kB of English
+    prose, code, tables and a little Unicode), in a fixed order."""
+    files = [ROOT / "README.md", ROOT / "DEVELOPERS.md", ROOT / "weights" / "README.md",
+             *sorted((ROOT / "minipeft").rglob("*.py"))]
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 TEXTS = [
     "",
@@ -49,6 +56,11 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return load_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    return repository_text()
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +172,7 @@ def test_matches_gpt2_tokenizer_fast(tok, hf_tok, text):
     assert ids(tok, text) == hf_tok(text)["input_ids"]
 
 
-def test_matches_gpt2_tokenizer_fast_on_shakespeare(tok, hf_tok):
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not found")
-    corpus = SHAKESPEARE.read_text(encoding="utf-8")
+def test_matches_gpt2_tokenizer_fast_on_the_repository_text(tok, hf_tok, corpus):
     rng = random.Random(0)
     for _ in range(5):
         start = rng.randrange(max(1, len(corpus) - 2000))
@@ -369,15 +378,8 @@ SMALL_VOCAB = 512
 
 
 @pytest.fixture(scope="module")
-def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not found")
-    return SHAKESPEARE.read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def small_tok(shakespeare) -> Tokenizer:
-    return train_bpe_tokenizer(shakespeare[:100_000], SMALL_VOCAB)   # 100 kB: well under a second
+def small_tok(corpus) -> Tokenizer:
+    return train_bpe_tokenizer(corpus[:100_000], SMALL_VOCAB)   # 100 kB: well under a second
 
 
 def test_trained_vocab_size_and_eos_last(small_tok):
@@ -393,11 +395,11 @@ def test_trained_bytes_have_gpt2_ids(small_tok, tok):
     assert [small_tok.id_to_token(i) for i in range(256)] == [tok.id_to_token(i) for i in range(256)]
 
 
-def test_trained_round_trip_shakespeare(small_tok, shakespeare):
+def test_trained_round_trip_unseen_text(small_tok, corpus):
     rng = random.Random(0)
-    for _ in range(5):   # pieces from the whole file, most of it unseen in training
-        start = rng.randrange(len(shakespeare) - 3000)
-        piece = shakespeare[start:start + 3000]
+    for _ in range(5):   # pieces from the whole corpus, most of it unseen in training
+        start = rng.randrange(len(corpus) - 3000)
+        piece = corpus[start:start + 3000]
         encoded = ids(small_tok, piece)
         assert small_tok.decode(encoded, skip_special_tokens=False) == piece
         assert len(encoded) < 0.6 * len(piece)   # the merges are used: fewer tokens than bytes
@@ -418,17 +420,17 @@ def test_trained_pipeline_is_gpt2s(small_tok, tok):
     assert [t["content"] for t in ours["added_tokens"]] == ["<|endoftext|>"]
 
 
-def test_training_is_deterministic(small_tok, shakespeare):
-    again = train_bpe_tokenizer(shakespeare[:100_000], SMALL_VOCAB)
+def test_training_is_deterministic(small_tok, corpus):
+    again = train_bpe_tokenizer(corpus[:100_000], SMALL_VOCAB)
     assert again.to_str() == small_tok.to_str()
 
 
-def test_training_from_files_equals_from_text(small_tok, shakespeare, tmp_path):
+def test_training_from_files_equals_from_text(small_tok, corpus, tmp_path):
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
-    first.write_text(shakespeare[:100_000], encoding="utf-8")
+    first.write_text(corpus[:100_000], encoding="utf-8")
     assert train_bpe_tokenizer([first], SMALL_VOCAB).to_str() == small_tok.to_str()
     assert train_bpe_tokenizer(first, SMALL_VOCAB).to_str() == small_tok.to_str()
-    second.write_text(shakespeare[100_000:150_000], encoding="utf-8")
+    second.write_text(corpus[100_000:150_000], encoding="utf-8")
     assert train_bpe_tokenizer([first, str(second)], SMALL_VOCAB).get_vocab_size() == SMALL_VOCAB
 
 
@@ -464,5 +466,5 @@ def test_train_errors(tmp_path):
         save_tokenizer(load_tokenizer(BPE_DIR), a_file)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin-1"))
-    with pytest.raises(InputError, match=r"latin1.txt, line 2: not UTF-8 text \(byte 14 is 0xe9\)"):
+    with pytest.raises(InputError, match=r"latin1.txt, line 2: not UTF-8 text \(byte 0xe9 at column 4\)"):
         train_bpe_tokenizer([latin1], 300)
