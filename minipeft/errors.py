@@ -27,3 +27,8 @@ class WeightsNotFoundError(MinipeftError, FileNotFoundError):
 
 class HubError(MinipeftError):
     """The Hugging Face hub could not be reached or used."""
+
+
+class SaveError(MinipeftError, OSError):
+    """A save that could not be completed (a full disk, a folder without write
+    permission); what was there before the save is left as it was."""

@@ -1,10 +1,13 @@
 """Saves are atomic, and loads never unpickle.
 
 Atomic: a process SIGKILLed while it saves leaves the old version or the new one,
-whole and loadable, never a half-written one. Four saves: model weights
+whole and loadable, never a half-written one. Six saves: model weights
 (``GPT2.save_pretrained(folder, overwrite=True)``), a LoRA adapter
-(``PeftModel.save_pretrained``), a training checkpoint (``Trainer.save_checkpoint``)
-and the loss plot (``minipeft.train.plots.plot_losses``). For each, the test writes a good
+(``PeftModel.save_pretrained``), each of these two also into a folder that holds a file
+of the user's (then only the save's own files change, through links into a generation
+folder, and the user's file must stay as it was), a training checkpoint
+(``Trainer.save_checkpoint``) and the loss plot (``minipeft.train.plots.plot_losses``).
+For each, the test writes a good
 version A, then a saving process writes versions B and C over it and is killed; after
 each kill the destination must load (``GPT2.from_pretrained``, ``PeftModel.from_pretrained``,
 ``Trainer.latest_checkpoint`` + ``load_checkpoint`` as a resume does, a PNG whose every
@@ -24,7 +27,8 @@ and builds B and C once, then forks one saving child per kill:
   instants between two renames that a timer rarely hits.
 
 A kill cannot clean up: the temp files and folders a killed save was writing (names
-that start with '.') stay behind. They are accepted only because loading ignores them:
+that start with '.', other than the generation the links show) stay behind. They are
+accepted only because loading ignores them:
 each check loads with them present, then a normal save of A, also with them present,
 must load back as A; the test removes them afterwards.
 
@@ -212,7 +216,72 @@ class Plot:
         return data
 
 
-KINDS = {"weights": Weights, "adapter": Adapter, "checkpoint": Checkpoint, "plot": Plot}
+NOTES = "the user's own notes, which no save may touch\n"
+
+
+class AmongFiles:
+    """A save into a folder that holds a file of the user's (``notes.txt``): the save's
+    files change together, the notes stay. ``FOLDER`` and ``KIND`` are set below."""
+    FOLDER, KIND = None, None
+
+    @classmethod
+    def prepare(cls, root):
+        (root / cls.FOLDER).mkdir(exist_ok=True)
+        (root / cls.FOLDER / "notes.txt").write_text(NOTES)
+
+    @classmethod
+    def build(cls, seed):
+        return cls.KIND.build(seed)
+
+    @classmethod
+    def save(cls, obj, root):
+        cls.KIND.save(obj, root)
+
+    @classmethod
+    def load(cls, root):
+        notes = (root / cls.FOLDER / "notes.txt").read_text()
+        assert notes == NOTES, f"notes.txt changed: {notes!r}"
+        return cls.KIND.load(root)
+
+
+class WeightsAmongFiles(AmongFiles):
+    """GPT2.save_pretrained(root/model, overwrite=True) where model/ holds notes.txt."""
+    FOLDER, KIND = "model", Weights
+
+
+class AdapterAmongFiles(AmongFiles):
+    """PeftModel.save_pretrained(root/adapter) where adapter/ holds notes.txt."""
+    FOLDER, KIND = "adapter", Adapter
+
+
+class FirstAmongFiles(AmongFiles):
+    """The first save into a folder since the user put notes.txt there: A's files are
+    plain files (A was saved before the notes came), which this save turns into links."""
+    @classmethod
+    def restore(cls, a, root):
+        shutil.rmtree(root / cls.FOLDER, ignore_errors=True)
+        cls.KIND.save(a, root)
+        cls.prepare(root)
+
+
+class WeightsFirstAmongFiles(FirstAmongFiles):
+    FOLDER, KIND = "model", Weights
+
+
+class AdapterFirstAmongFiles(FirstAmongFiles):
+    FOLDER, KIND = "adapter", Adapter
+
+
+KINDS = {"weights": Weights, "adapter": Adapter, "weights-among-files": WeightsAmongFiles,
+         "adapter-among-files": AdapterAmongFiles, "weights-first-among-files": WeightsFirstAmongFiles,
+         "adapter-first-among-files": AdapterFirstAmongFiles, "checkpoint": Checkpoint,
+         "plot": Plot}
+
+
+def prepare(K, root):
+    """What the destination holds before any save of kind K (the user's file)."""
+    if hasattr(K, "prepare"):
+        K.prepare(root)
 
 
 # ---------------------------------------------------------------- the saving process
@@ -226,6 +295,7 @@ HELPER = textwrap.dedent(r'''
     new = {s: K.build(s) for s in (1, 2)}          # B and C, built once
     warm = root.parent / "warm-up"                 # one-time work (matplotlib's font cache)
     warm.mkdir()                                   # happens here, not in every child
+    T.prepare(K, warm)
     K.save(new[1], warm)
     WRITES = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod", "os.truncate",
               "os.link", "os.symlink", "shutil.copyfile", "shutil.rmtree", "shutil.move",
@@ -365,7 +435,14 @@ def same(a, b) -> bool:
 
 
 def hidden_leftovers(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
+    """Hidden entries under root, except minipeft's live ones: a ``.minipeft-<key>`` link
+    and the generation folder it points at (the files the user sees are links into it)."""
+    live = set()
+    for link in root.rglob(".minipeft-*"):
+        if link.is_symlink() and link.name in (".minipeft-model", ".minipeft-adapter"):
+            live |= {link, link.parent / os.readlink(link)}
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
+                  if p not in live and not any(q in live for q in p.parents))
 
 
 class Destination:
@@ -379,11 +456,20 @@ class Destination:
         for v in VERSIONS:
             scratch = tmp_path / f"version-{v}"
             scratch.mkdir()
+            prepare(self.K, scratch)
             self.K.save(self.a if v == 0 else self.K.build(v), scratch)
             self.versions[v] = self.K.load(scratch)
             shutil.rmtree(scratch)
         assert not any(same(self.versions[0], self.versions[v]) for v in (1, 2))
-        self.K.save(self.a, self.root)
+        self.restore()
+
+    def restore(self):
+        """Put A back (for the "first among files" kinds, as plain files beside the notes)."""
+        if hasattr(self.K, "restore"):
+            self.K.restore(self.a, self.root)
+        else:
+            prepare(self.K, self.root)
+            self.K.save(self.a, self.root)
 
     def outcome(self) -> tuple[str, int]:
         """-> ('A', 'B' or 'C' if the destination loads as that whole version, else what is
@@ -396,7 +482,7 @@ class Destination:
         except Exception as e:                    # noqa: BLE001 - any failure to load is the finding
             result = f"broken: {type(e).__name__}: {str(e)[:160]}"
         left = hidden_leftovers(self.root)
-        self.K.save(self.a, self.root)
+        self.restore()
         assert same(self.K.load(self.root), self.versions[0]), "a save beside leftovers failed"
         for name in left:
             p = self.root / name

@@ -55,6 +55,11 @@ def leftovers(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+def visible(folder):
+    """What the user sees in folder: its entries without minipeft's hidden ones."""
+    return sorted(p for p in os.listdir(folder) if not p.startswith(".minipeft"))
+
+
 def state_numpy(model):
     """The torch model's parameters as float32 NumPy arrays, GPT2LMHeadModel names."""
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
@@ -210,12 +215,27 @@ def test_an_empty_existing_folder_is_filled(hf, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_overwrite_replaces_folder(hf, tmp_path, occupied):
+def test_overwrite_replaces_what_minipeft_writes_and_keeps_the_rest(hf, tmp_path, occupied):
+    """overwrite=True replaces config.json and model.safetensors (together: links into
+    one hidden generation, see io/atomic.py); the user's keep.txt stays as it was."""
     folder, _ = hf
     dst = occupied
     convert_checkpoint(folder, dst, overwrite=True)
-    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
+    assert visible(dst) == ["config.json", "keep.txt", "model.safetensors"]
+    assert (dst / "keep.txt").read_text() == "old"
     np.testing.assert_array_equal(GPT2.from_pretrained(dst)(IDS), GPT2.from_pretrained(folder)(IDS))
+    assert leftovers(tmp_path) == []
+    assert sorted(p for p in os.listdir(dst) if p.startswith(".")) == \
+        [".minipeft-model", os.readlink(dst / ".minipeft-model")]      # the live generation only
+
+
+def test_overwrite_of_a_folder_of_minipeft_files_replaces_it_whole(hf, tmp_path):
+    """A folder holding only what the save writes is replaced in one swap: plain files."""
+    folder, _ = hf
+    dst = convert_checkpoint(folder, tmp_path / "conv")
+    GPT2.from_pretrained(folder).save_pretrained(dst, overwrite=True)
+    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
+    assert not any((dst / p).is_symlink() for p in os.listdir(dst))
     assert leftovers(tmp_path) == []
 
 
@@ -264,12 +284,13 @@ def test_failed_write_keeps_the_old_folder(hf, tmp_path, occupied, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(MinipeftError, match="disk is full") as info:
         convert_checkpoint(folder, dst, overwrite=True)
+    assert isinstance(info.value, OSError) and info.value.errno == 28
     assert sorted(os.listdir(dst)) == ["keep.txt"]
     assert leftovers(tmp_path) == []
     new = tmp_path / "new"
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(MinipeftError, match="disk is full"):
         convert_checkpoint(folder, new)
     assert not new.exists()
     assert leftovers(tmp_path) == []
@@ -426,13 +447,14 @@ def test_hub_name_without_network(weights, monkeypatch):
 
 
 # ------------------------------------------------------------------ edge cases of saving
-def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, occupied, monkeypatch):
+def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, monkeypatch):
     """Where the one-step exchange is not available and the final rename fails, the
     previous folder is restored, whole."""
-    import minipeft.io.checkpoint as ckpt
+    import minipeft.io.atomic as atomic
     folder, _ = hf
-    dst = occupied
-    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
+    dst = convert_checkpoint(folder, tmp_path / "conv")
+    before = {p: (dst / p).read_bytes() for p in os.listdir(dst)}
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     real_replace = os.replace
 
     def replace(src, target):
@@ -440,9 +462,11 @@ def test_failed_swap_puts_the_old_folder_back(hf, tmp_path, occupied, monkeypatc
             raise OSError(5, "Input/output error")      # the new folder cannot move in
         return real_replace(src, target)
     monkeypatch.setattr(os, "replace", replace)
+    other = GPT2.from_pretrained(folder)
+    other.params["transformer.wte.weight"] += 1.0           # a version that differs
     with pytest.raises(OSError, match="Input/output"):
-        convert_checkpoint(folder, dst, overwrite=True)
-    assert sorted(os.listdir(dst)) == ["keep.txt"]
+        other.save_pretrained(dst, overwrite=True)
+    assert {p: (dst / p).read_bytes() for p in os.listdir(dst)} == before
     assert leftovers(tmp_path) == []
 
 

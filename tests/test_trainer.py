@@ -123,20 +123,34 @@ def test_bad_arguments():
 
 
 def test_a_failed_checkpoint_save_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """The step-4 checkpoint's save fails half-way (a full disk): the tree is as the
+    step-2 checkpoint left it, the error is a SaveError (an OSError too), and a resume
+    continues from checkpoint-2."""
     import safetensors.numpy
-    t = make_trainer(lora_model(), tmp_path, steps=2)
-    t.train()
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
 
-    def half_then_fail(tensors, path, metadata=None):
+    from minipeft.errors import SaveError
+    real_save = safetensors.numpy.save_file
+
+    def second_fails(tensors, path, metadata=None):
+        if ".checkpoint-4." not in str(path):            # checkpoint-2 (its temp folder): whole
+            return real_save(tensors, path, metadata=metadata)
         with open(path, "wb") as f:
             f.write(b"half a file")
-        raise OSError("disk full")
-    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
-    t.args.max_steps = 4
-    with pytest.raises(OSError, match="disk full"):
+        raise OSError(28, "No space left on device")
+    t = make_trainer(lora_model(), tmp_path, steps=4)
+    snapshot = []
+    original = t.save_checkpoint
+
+    def save_and_snapshot():
+        out = original()
+        snapshot[:] = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        return out
+    t.save_checkpoint = save_and_snapshot
+    monkeypatch.setattr(safetensors.numpy, "save_file", second_fails)
+    with pytest.raises(SaveError, match="disk is full") as info:
         t.train()
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before   # no temp left
+    assert isinstance(info.value, OSError)
+    assert snapshot and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == snapshot
     monkeypatch.undo()
     resumed = make_trainer(lora_model(), tmp_path, steps=4)
     resumed.train(resume_from_checkpoint=True)

@@ -9,21 +9,29 @@ Hugging Face folders come in more flavours, all accepted here: keys with or
 without the ``transformer.`` prefix (the hub's gpt2 has none), ``attn.bias`` /
 ``attn.masked_bias`` buffers, float16 and bfloat16 weights, ``pytorch_model.bin`` (needs
 torch, read with ``weights_only=True``) and sharded safetensors.
+
+Every file is read as data and checked before use: a name read from a file (the shard
+index, checksums.json) must name a regular file inside the folder (``paths.file_in_folder``),
+every JSON goes through ``jsonfile.read_json``, tensors of a dtype NumPy cannot hold
+(float8, float4) are refused by name, and NaN or infinite weights are reported with a
+warning naming the tensor. Writing is in ``atomic.py``.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..config import GPT2Config
 from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
+from .atomic import (atomic_folder, atomic_save, read_dir, replace_folder,  # noqa: F401
+                     usual_permissions, usual_permissions_one)
+from .jsonfile import parse_json, read_json
+from .paths import file_in_folder
 
 FORMAT_VERSION = 1
 
@@ -92,14 +100,63 @@ def _to_float32(name, array, source):
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _read_bfloat16_safetensors(path: Path) -> dict:
-    """safetensors read by hand, for the one dtype NumPy lacks: bfloat16.
+# safetensors dtypes NumPy holds (BF16 read by hand below); the others (F8_E4M3, F8_E5M2,
+# F8_E8M0, F6_*, F4, ...) are refused by name.
+READABLE_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16",
+                   "U8", "BOOL"}
+MAX_HEADER_BYTES = 100 << 20        # safetensors' own limit on the JSON header
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file, or None where it does not even parse
+    (then safetensors itself says what is wrong).
 
     The layout: 8 bytes little-endian header size, a JSON header {name: {dtype, shape,
-    data_offsets}}, then the raw data. A bfloat16 is the top half of a float32."""
+    data_offsets}}, then the raw data."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
+                return None
+            raw = f.read(n)
+        header = parse_json(raw, f"{path}'s header", error=CheckpointError)
+    except (OSError, CheckpointError):
+        return None
+    return header
+
+
+def _refuse_unreadable_dtypes(path: Path, header: dict | None) -> None:
+    odd = {name: info.get("dtype") for name, info in (header or {}).items()
+           if name != "__metadata__" and isinstance(info, dict)
+           and isinstance(info.get("dtype"), str) and info["dtype"] not in READABLE_DTYPES}
+    if odd:
+        name, dtype = next(iter(odd.items()))
+        more = f" (and {len(odd) - 1} more tensor(s))" if len(odd) > 1 else ""
+        raise CheckpointError(
+            f"{path}: tensor {name} has dtype {dtype}{more}, an 8-bit or smaller float that "
+            "NumPy cannot hold and minipeft does not read. Save the weights in float32, float16 "
+            "or bfloat16 (e.g. model.to(torch.float32).save_pretrained(...)).")
+
+
+def warn_non_finite(tensors: dict, source) -> None:
+    """A warning naming the float tensors that hold NaN or infinite values: such a model
+    loads, then generates nonsense (often one token forever)."""
+    bad = [(k, int(np.size(v) - np.count_nonzero(np.isfinite(v)))) for k, v in tensors.items()
+           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        names = ", ".join(f"{k} ({n:,} of {np.size(tensors[k]):,} values)" for k, n in bad[:3])
+        more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
+        warnings.warn(f"{source}: NaN or infinite weights in {names}{more}. A model with them "
+                      "computes NaN logits and generates nonsense (often token 0 forever). Load an "
+                      "earlier copy, or train again with a lower learning rate or max_grad_norm.",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _read_bfloat16_safetensors(path: Path, header: dict) -> dict:
+    """safetensors read by hand, for the one dtype NumPy lacks: bfloat16 (the top half
+    of a float32)."""
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
     kinds = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
     out = {}
     for name, info in header.items():
@@ -116,16 +173,26 @@ def _read_bfloat16_safetensors(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> dict:
+    """{name: array} of a safetensors file; every way it can be bad is a CheckpointError,
+    and NaN/inf values a warning."""
+    out = _read_safetensors_unchecked(path)
+    warn_non_finite(out, path)
+    return out
+
+
+def _read_safetensors_unchecked(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+    header = _safetensors_header(path)
+    _refuse_unreadable_dtypes(path, header)
     try:
         try:
             return load_file(str(path))
         except TypeError as e:
-            if "bfloat16" not in str(e):
+            if "bfloat16" not in str(e) or header is None:
                 raise
-            return _read_bfloat16_safetensors(path)
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as e:
+            return _read_bfloat16_safetensors(path, header)
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         pickled = _looks_pickled(path)
         raise CheckpointError(
             f"Cannot read {path}: {e}. The file is corrupt, truncated or not safetensors; "
@@ -169,8 +236,10 @@ def _read_bin(path: Path) -> dict:
     if odd:
         raise CheckpointError(f"{path} holds {odd[0]!r}, which is not a tensor: it is not a model "
                               "state dict. Give the model's weights file (save_pretrained's).")
-    return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-            for k, v in state.items()}
+    out = {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
+           for k, v in state.items()}
+    warn_non_finite(out, path)
+    return out
 
 
 def _weight_files(folder: Path) -> tuple[str, list[Path]]:
@@ -179,13 +248,15 @@ def _weight_files(folder: Path) -> tuple[str, list[Path]]:
         return "safetensors", [single]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"Cannot read {index}: {e}.") from None
-        if any(Path(s).name != s for s in shards):
-            raise CheckpointError(f"{index} names shard files outside its folder: {shards}.")
-        return "safetensors", [folder / s for s in shards]
+        fix = "Restore the folder or download it again."
+        weight_map = read_json(index, error=CheckpointError, fix=fix).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no \"weight_map\" object of tensor -> shard file. "
+                                  f"{fix}")
+        shards = list(dict.fromkeys(weight_map.values()))
+        return "safetensors", [file_in_folder(folder, s, str(index), missing=WeightsNotFoundError,
+                                              what="Shard", where="the index")
+                               for s in shards]
     binary = folder / "pytorch_model.bin"
     if binary.is_file():
         return "bin", [binary]
@@ -207,7 +278,8 @@ def sha256_file(path: Path) -> str:
 
 
 def write_checksums(folder: Path) -> None:
-    """checksums.json: sha256 of the weights and the tokenizer, checked on every load."""
+    """checksums.json: sha256 of the weights and the tokenizer, checked on every load.
+    (``folder`` is a save's private temp folder.)"""
     sums = {name: sha256_file(folder / name) for name in ("model.safetensors", "tokenizer.json")
             if (folder / name).is_file()}
     (folder / CHECKSUMS_NAME).write_text(json.dumps(sums, indent=2) + "\n")
@@ -218,14 +290,15 @@ def verify_checksums(folder: Path) -> None:
     path = folder / CHECKSUMS_NAME
     if not path.is_file():
         return
-    try:
-        sums = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it (git checkout -- "
-                              "weights/) or delete it to skip the check.") from None
+    fix = "Restore it (git checkout -- weights/) or delete it to skip the check."
+    sums = read_json(path, error=CheckpointError, fix=fix)
     for name, expected in sums.items():
+        if not isinstance(expected, str):
+            raise CheckpointError(f"{path}: the checksum of {name!r} must be a string of 64 hex "
+                                  f"digits, got {expected!r}. {fix}")
+        real = file_in_folder(folder, name, str(path))
         try:
-            actual = sha256_file(folder / name)
+            actual = sha256_file(real)
         except OSError as e:
             raise CheckpointError(f"{folder / name}, listed in {path.name}, cannot be read: {e}. "
                                   "Restore the folder or make it again.") from None
@@ -241,22 +314,21 @@ def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsNotFoundError(f"{folder} is not a folder. Give the folder holding config.json.")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (folder / "config.json").is_file():
         raise WeightsNotFoundError(
             f"{folder} has no config.json, so it is not a GPT-2 checkpoint folder. Give the "
             "folder that model.save_pretrained or `minipeft convert` wrote.")
-    config = GPT2Config.from_json_file(config_path)
+    source = folder
+    folder = read_dir(folder, "model", "config.json")   # a folder shared with other files: one version
+    config = GPT2Config.from_json_file(folder / "config.json")
     verify_checksums(folder)
     kind, files = _weight_files(folder)
     raw = {}
     for f in files:
-        if not f.is_file():
-            raise WeightsNotFoundError(f"Shard {f} named in the index is missing.")
         raw.update(_read_safetensors(f) if kind == "safetensors" else _read_bin(f))
-    params = normalize_names(raw, str(folder))
-    check_params(params, config, str(folder))
-    params = {k: _to_float32(k, v, str(folder)).astype(dtype, copy=False) for k, v in params.items()}
+    params = normalize_names(raw, str(source))
+    check_params(params, config, str(source))
+    params = {k: _to_float32(k, v, str(source)).astype(dtype, copy=False) for k, v in params.items()}
     return config, params
 
 
@@ -276,116 +348,28 @@ def hf_config_dict(config: GPT2Config) -> dict:
     return d
 
 
-def _remove(path: Path) -> None:
-    """Delete a folder, a file or a link (not its target), if there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    """The C library already loaded in this process (dlopen(NULL)); no search, no subprocess."""
-    import ctypes
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one system call (Linux renameat2 RENAME_EXCHANGE, macOS
-    renamex_np RENAME_SWAP): at every instant each name holds a whole folder.
-    False where the system or file system cannot."""
-    import ctypes
-    import sys
-    try:
-        libc = _libc()
-        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
-            rc = libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2)   # AT_FDCWD, EXCHANGE
-        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
-            rc = libc.renamex_np(os.fsencode(a), os.fsencode(b), 2)            # RENAME_SWAP
-        else:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):                     # EINVAL, ENOSYS, ENOTSUP: not on this file system
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def replace_folder(new: Path, dst: Path) -> None:
-    """Put the folder ``new`` at ``dst``, atomically where the system allows: an existing
-    ``dst`` is exchanged with ``new`` in one step and then deleted. Elsewhere the old
-    folder is moved aside, the new one moved in, and the old one put back if that fails."""
-    new, dst = Path(new), Path(dst)
-    if not (dst.exists() or dst.is_symlink()):
-        os.replace(new, dst)
-        return
-    if dst.is_dir() and not dst.is_symlink() and _exchange(new, dst):
-        _remove(new)                                    # it now holds the old folder
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
-    old.rmdir()
-    os.replace(dst, old)
-    try:
-        os.replace(new, dst)
-    except BaseException:
-        os.replace(old, dst)
-        raise
-    _remove(old)
-
-
-@contextlib.contextmanager
-def atomic_folder(dst: Path):
-    """``with atomic_folder(dst) as tmp:`` write into ``tmp`` (a hidden temp folder beside
-    ``dst``); on success it replaces ``dst`` in one step, on failure it is deleted and
-    ``dst`` is left as it was."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        yield tmp
-        replace_folder(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def usual_permissions_one(path: Path) -> None:
-    """Give a temp folder (0700) or temp file (0600) the permissions a plain mkdir or
-    open would have (the umask's), before it is renamed into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
-
-
-def usual_permissions(path: Path) -> None:
-    """usual_permissions_one for a folder and everything in it."""
-    path = Path(path)
-    usual_permissions_one(path)
-    if path.is_dir():
-        for p in path.rglob("*"):
-            usual_permissions_one(p)
-
-
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe")
 
 
 def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bool = False,
                 extra_files: tuple[Path, ...] = (), checksums: bool = False) -> Path:
     """Write config.json + model.safetensors (+ extra files such as the tokenizer's, and
-    with ``checksums`` a checksums.json of the weights and tokenizer) atomically:
-    everything goes to a temp folder that replaces ``dst`` in one step."""
+    with ``checksums`` a checksums.json of the weights and tokenizer), all at once
+    (atomic.atomic_save): into a folder that holds only these files, a temp folder
+    replaces it in one step; into one that holds other files too (the user's notes, a
+    tokenizer, the working directory), only these files change, together, and nothing
+    else is touched. A checksums.json this save does not write is removed (it would
+    describe the old weights)."""
     from safetensors.numpy import save_file
     dst = Path(dst)
-    occupied = any(dst.iterdir()) if dst.is_dir() else dst.exists()
+    occupied = any(dst.iterdir()) if dst.is_dir() else (dst.exists() or dst.is_symlink())
     if occupied and not overwrite:
         raise MinipeftError(
             f"{dst} already exists and is not empty; minipeft will not overwrite it. "
             "Choose another folder or pass overwrite=True (--overwrite on the CLI).")
     check_params(params, config, "the model to save")
-    with atomic_folder(dst) as tmp:
+    names = ("model.safetensors", "config.json", *(Path(f).name for f in extra_files), CHECKSUMS_NAME)
+    with atomic_save(dst, names, "model") as tmp:
         tensors = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in expected_shapes(config)}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
@@ -393,7 +377,6 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
             shutil.copyfile(f, tmp / Path(f).name)
         if checksums:
             write_checksums(tmp)
-        usual_permissions(tmp)
     return dst
 
 

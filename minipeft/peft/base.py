@@ -70,9 +70,12 @@ def check_adapter_name(name, what: str = "adapter name") -> str:
 
 
 def check_seed(seed, what: str = "seed"):
-    """None, or an integer >= 0 (what numpy's generators take)."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                             or seed < 0):
+    """None, an integer >= 0, or a list of them (what numpy's generators take; the
+    Trainer seeds dropout with [seed, step, micro-batch])."""
+    def integer(x):
+        return not isinstance(x, bool) and isinstance(x, numbers.Integral) and x >= 0
+    if seed is not None and not (integer(seed) or isinstance(seed, (list, tuple)) and seed
+                                 and all(integer(x) for x in seed)):
         raise ConfigError(f"{what} must be an integer >= 0 or None, got {seed!r}.")
     return seed
 

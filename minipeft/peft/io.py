@@ -4,6 +4,8 @@ Keys are those of peft's saved state dict (``base_model.model.transformer.h.0.at
 no adapter name inside; ``….lora_magnitude_vector`` for DoRA; trained biases as
 ``….base_layer.bias`` on LoRA layers). The "default" adapter goes in the folder itself,
 any other in ``folder/<name>``, as peft does, so either library reads what the other wrote.
+Saving is all-or-nothing per adapter, config and weights together (see save_adapters and
+io/atomic.py).
 
 LoRA on q/k/v slices of c_attn (``enable_lora``, which peft lacks) is saved in its
 exact peft equivalent: one c_attn LoRA of rank r·(slices) whose A stacks the slices'
@@ -16,13 +18,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
-from ..io.checkpoint import _read_safetensors, atomic_folder, usual_permissions_one
+from ..io.atomic import OURS, atomic_folder, atomic_save, read_dir, usual_permissions_one
+from ..io.checkpoint import _read_safetensors
 from .lora_config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -81,7 +83,7 @@ def _carry_over(folder: Path, tmp: Path) -> None:
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
-        if entry.name.startswith("."):                  # temp folders of killed saves
+        if entry.name.startswith(OURS):                 # minipeft's own hidden files
             continue
         target = tmp / entry.name
         try:
@@ -100,40 +102,22 @@ ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
 
 
 def _holds_only_adapters(folder: Path) -> bool:
-    """Is ``folder`` missing, or made only of adapter files and adapter subfolders?"""
-    if not folder.exists():
+    """Is ``folder`` missing, or made only of adapter files and adapter subfolders
+    (minipeft's own hidden entries aside; anyone else's hidden file, .git say, counts)?"""
+    if not (folder.exists() or folder.is_symlink()):
         return True
     if folder.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
         return False                                    # never swap out the working directory
     for entry in folder.iterdir():
-        if entry.name.startswith("."):
+        if entry.name.startswith(OURS):
             continue
         if entry.is_dir() and not entry.is_symlink():
-            if any(not e.name.startswith(".") and (e.is_dir() or e.name not in ADAPTER_FILES)
+            if any(not e.name.startswith(OURS) and (e.is_dir() or e.name not in ADAPTER_FILES)
                    for e in entry.iterdir()):
                 return False
-        elif entry.name not in ADAPTER_FILES:
+        elif entry.name not in ADAPTER_FILES or entry.is_symlink():
             return False
     return True
-
-
-def _write_files(dst: Path, files: dict) -> None:
-    """Each file to a temp name in ``dst``, then renamed into place (weights first): each
-    file is always whole. For folders that hold other things than adapters."""
-    dst.mkdir(parents=True, exist_ok=True)
-    tmps = {}
-    try:
-        for name, write in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dst)
-            os.close(fd)
-            tmps[name] = tmp
-            write(tmp)
-            usual_permissions_one(Path(tmp))
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.replace(tmps.pop(name), dst / name)
-    finally:
-        for tmp in tmps.values():
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _writers(pm, name: str) -> dict:
@@ -150,7 +134,8 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
     folder already holds), which then replaces ``folder`` in one step: a save that fails
     or is killed leaves the previous adapter files whole, config and weights together.
     A folder that holds other things (or the working directory) is never swapped: there
-    each file is replaced whole, weights first."""
+    each adapter's two files change together in one step, through links into a hidden
+    generation folder (io/atomic.py, atomic_files), and nothing else is touched."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MinipeftError(f"{folder} is a file; save_pretrained needs a folder.")
@@ -159,7 +144,10 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
         pm._check_name(name)
     if not _holds_only_adapters(folder):
         for name in names:
-            _write_files(folder if name == "default" else folder / name, _writers(pm, name))
+            with atomic_save(folder if name == "default" else folder / name,
+                             (WEIGHTS_NAME, CONFIG_NAME), "adapter") as tmp:
+                for file, write in _writers(pm, name).items():
+                    write(tmp / file)
         return folder
     with atomic_folder(folder) as tmp:
         _carry_over(folder, tmp)
@@ -182,10 +170,11 @@ def read_adapter(folder) -> tuple[object, dict, Path]:
     files checked for presence and form; the tensors are checked by the method's model."""
     from .config_base import read_config
     folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not cfg_path.is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise WeightsNotFoundError(f"No {CONFIG_NAME} in {folder}: give the folder that "
                                    "save_pretrained (peft's or minipeft's) wrote.")
+    where = read_dir(folder, "adapter", CONFIG_NAME)     # both files of one version
+    cfg_path, w_path = where / CONFIG_NAME, where / WEIGHTS_NAME
     config = read_config(cfg_path)              # the one JSON reader; every malformation a ConfigError
     if not w_path.is_file():
         hint = " It has adapter_model.bin: minipeft reads only safetensors (no pickles); re-save " \
