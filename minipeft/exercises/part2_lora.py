@@ -133,7 +133,7 @@ def _lorab_fd(fn, rng):
     dh = rng.standard_normal((3, 6))
     dx, dA, dB = fn(dh.copy(), c["x"].copy(), c["W"].copy(), c["A"].copy(), c["B"].copy(),
                     c["lora_alpha"], c["r"])
-    f = lambda: float(np.sum(_lora_ref(c["x"], c["W"], c["b"], c["A"], c["B"], c["lora_alpha"],  # noqa: E731
+    f = lambda: float(np.sum(_lora_ref(c["x"], c["W"], c["b"], c["A"], c["B"], c["lora_alpha"],
                                        c["r"]) * dh))
     return fd_errors(f, {"dx": c["x"], "dA": c["A"], "dB": c["B"]}, {"dx": dx, "dA": dA, "dB": dB})
 

@@ -124,7 +124,7 @@ def _ia3b_fd(fn, rng):
     for c in _ia3b_cases(rng)[2:]:
         x, W, b, l, ff, dh = (c[k] for k in ("x", "W", "b", "l", "feedforward", "dh"))
         dx, dl = fn(dh.copy(), x.copy(), W.copy(), b.copy(), l.copy(), ff)
-        errs += fd_errors(lambda: float(np.sum(_ia3_ref(x, W, b, l, ff) * dh)),  # noqa: B023
+        errs += fd_errors(lambda: float(np.sum(_ia3_ref(x, W, b, l, ff) * dh)),
                           {"dx": x, "dl": l}, {"dx": dx, "dl": dl})
     return errs
 
