@@ -579,7 +579,64 @@ CASES = [
       r"safe_merge: merging adapter 'default' gives [\d,]+ NaN or infinite values .*Nothing was merged"),
     C("cli-finetune-alpha-nan", lambda t: finetune(t, "--lora-alpha", "nan"), CliFailed,
       r"LoraConfig lora_alpha is nan: configs take finite numbers only"),
+    # --- malformed JSON through the one reader; text that is not UTF-8; outputs that are files
+    C("config-json-nested-too-deep", lambda t: GPT2.from_pretrained(
+        damaged(t, "config.json", b"[" * 100_000)), ConfigError,
+      r"config\.json nests JSON too deeply to read.*save or convert the model again"),
+    C("config-json-integer-too-long", lambda t: GPT2.from_pretrained(
+        damaged(t, "config.json", b'{"n_layer": ' + b"9" * 5000 + b"}")), ConfigError,
+      r"config\.json is not valid JSON: it holds an integer too long to read"),
+    C("config-json-nan", lambda t: GPT2.from_pretrained(
+        damaged(t, "config.json", b'{"layer_norm_epsilon": NaN}')), ConfigError,
+      r"config\.json is not valid JSON: NaN is not JSON"),
+    C("config-json-not-utf8", lambda t: GPT2.from_pretrained(
+        damaged(t, "config.json", b'{"model_type": "gpt\xe9"}')), ConfigError,
+      r"config\.json is not UTF-8 text \(byte 19 is 0xe9\); JSON files are UTF-8"),
+    C("gpt2config-beyond-any-machine", lambda t: GPT2Config(n_embd=10 ** 7, n_head=1), ConfigError,
+      r"describes 1\.44e\+16 parameters; minipeft takes at most 1e\+12 parameters"),
+    C("data-line-nested-too-deep", lambda t: read_jsonl(jsonl(t, GOOD_LINE + "[" * 100_000 + "\n")),
+      InputError, r"data\.jsonl, line 2 nests JSON too deeply to read"),
+    C("data-line-lone-surrogate", lambda t: read_jsonl(jsonl(t, '{"prompt": "a\\udcff", "completion": " b"}')),
+      InputError, r"data\.jsonl, line 1: 'prompt' is not UTF-8 text: character 1 is the byte 0xff"),
+    C("data-file-not-utf8", lambda t: read_jsonl(latin1(t, "d.jsonl", '{"prompt": "café", "completion": " b"}')),
+      InputError, r"d\.jsonl, line 1: not UTF-8 text \(byte 0xe9 at column 16\); save the JSONL file as UTF-8"),
+    C("tokenizer-vocab-nested-too-deep", lambda t: load_tokenizer(
+        bpe_folder(t, b"[" * 100_000)), CheckpointError,
+      r"vocab\.json nests JSON too deeply to read.*good copy of GPT-2's vocab\.json / encoder\.json"),
+    C("cli-generate-prompt-not-utf8", lambda t: cli("generate", BUNDLED, "caf\udce9"), CliFailed,
+      r"the prompt is not UTF-8 text: character 3 is the byte 0xe9"),
+    C("cli-finetune-out-is-a-file", lambda t: finetune(t, out=users_file(t)), CliFailed,
+      r"OUT .*notes\.txt is a file, not a folder; give the path of a folder"),
+    C("cli-demo-out-is-a-file", lambda t: cli("demo", "--quick", "--out", users_file(t)), CliFailed,
+      r"--out .*notes\.txt is a file, not a folder"),
+    C("cli-merge-out-under-a-file", lambda t: cli("merge", BUNDLED, t / "a", users_file(t) / "m"),
+      CliFailed, r"OUT .*notes\.txt/m cannot be created: .*notes\.txt is a file, not a folder"),
+    C("cli-pretrain-corpus-not-utf8", lambda t: cli("pretrain", latin1(t, "c.txt", "Ophélie\n" * 300),
+                                                     t / "m", "--steps", 1), CliFailed,
+      r"c\.txt, line 1: not UTF-8 text \(byte 0xe9 at column 4\)"),
 ]
+
+
+def latin1(tmp, name, text):
+    """A text file in Latin-1, not UTF-8."""
+    (tmp / name).write_bytes(text.encode("latin-1"))
+    return tmp / name
+
+
+def users_file(tmp):
+    """A file of the user's where an output folder was expected."""
+    (tmp / "notes.txt").write_text("mine")
+    return tmp / "notes.txt"
+
+
+def bpe_folder(tmp, vocab: bytes):
+    """A tokenizer folder: ``vocab`` as vocab.json beside GPT-2's merges."""
+    import shutil
+    from minipeft.tokenizer import GPT2_BPE_DIR
+    (tmp / "tok").mkdir()
+    (tmp / "tok" / "vocab.json").write_bytes(vocab)
+    shutil.copyfile(GPT2_BPE_DIR / "vocab.bpe", tmp / "tok" / "merges.txt")
+    return tmp / "tok"
 
 
 def nan_lora() -> PeftModel:
