@@ -247,8 +247,8 @@ def _resolve_folder(path_or_name: str | os.PathLike[str]) -> Path:
             return folder
     raise WeightsNotFoundError(
         f"Tokenizer path {str(path)!r} does not exist and is not a bundled model name. "
-        f"Check the path, pass a folder holding vocab.json + merges.txt or "
-        f"encoder.json + vocab.bpe, or a name that works offline: "
+        "Check the path, or pass a folder holding vocab.json + merges.txt or "
+        f"encoder.json + vocab.bpe. Names that work offline: "
         f"{', '.join([*bundled_names(), *HUB_NAMES])}."
     )
 
