@@ -709,3 +709,15 @@ def test_the_readme_verdict_is_what_a_check_prints(capsys):
     EXERCISES["layernorm_forward"].check(eps_outside)
     printed = capsys.readouterr().out.strip()
     assert printed in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_two_mistakes_at_once_get_a_hint_each(capsys):
+    def two(dout, x, g, eps):                  # the mean's term missing, and dg / db swapped
+        dx, dg, db = lnb_factory(mean_term=False)(dout, x, g, eps)
+        return dx, db, dg
+    ex = EXERCISES["layernorm_backward"]
+    v = ex.check(two)
+    assert v.passed is False
+    assert f"Hint for dx: {ex.hint('mean_term_missing')}" in v.message
+    assert f"Hint for dg, db: {ex.hint('dg_db_swapped')}" in v.message
+    assert "dg differs too" in v.message

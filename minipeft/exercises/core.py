@@ -82,9 +82,9 @@ class Misconception:
 class _Mismatch(Exception):
     """Internal: the student's output is wrong; carries the verdict's text."""
 
-    def __init__(self, text, misconception=None):
+    def __init__(self, text, misconception=None, hinted=False):
         super().__init__(text)
-        self.text, self.misconception = text, misconception
+        self.text, self.misconception, self.hinted = text, misconception, hinted
 
 
 def max_rel(a, b) -> float:
@@ -253,6 +253,10 @@ class Exercise:
             try:
                 rels = self._compare(out, ref, case, i)
             except _Mismatch as m:
+                if m.hinted:                                # the hints are in the text already
+                    v = self._fail(m.text, None, details)
+                    v.misconception, v.hint = m.misconception, self.hint(m.misconception)
+                    return v
                 return self._fail(m.text, m.misconception, details)
             worst = max([worst] + rels)
             details.append({"case": i + 1, "max_rel": max(rels, default=0.0)})
@@ -319,22 +323,62 @@ class Exercise:
             elif r_arr.dtype.kind == "f" and o_arr.dtype != r_arr.dtype:
                 raise _Mismatch(f"{name} is {o_arr.dtype}; with {r_arr.dtype} inputs it should be "
                                 f"{r_arr.dtype} too (did something convert it?).")
-            rel = max_rel(o_arr, r_arr)
-            if not rel <= (0 if self.integer else self.tol):
-                mis = self._diagnose(outs, case)
-                if self.integer:
-                    text = (f"{name} for ({self._case_text(case)}) is {o_arr.item():,}; that is not "
-                            f"the count.")
-                else:
-                    text = (f"{name} differs from the reference on case {i + 1} "
-                            f"({self._case_text(case)}): max relative error {rel:.1e} > {self.tol:g}"
-                            + _where(o_arr, r_arr) + ".")
-                if not mis:
-                    text += ("\n  It matches none of the mistakes this check knows: compare your "
-                             "lines with the equations above, one at a time.")
-                raise _Mismatch(text, mis)
-            rels.append(rel)
-        return rels
+            rels.append(max_rel(o_arr, r_arr))
+        limit = 0 if self.integer else self.tol
+        bad = [j for j, rel in enumerate(rels) if not rel <= limit]
+        if not bad:
+            return rels
+        mis = self._diagnose(outs, case)
+        lines = []
+        for j in bad:
+            name, o_arr, r_arr = self.outputs[j], np.asarray(outs[j]), np.asarray(ref_t[j])
+            if self.integer:
+                lines.append(f"{name} for ({self._case_text(case)}) is {o_arr.item():,}; that is "
+                             "not the count.")
+            elif not lines:
+                lines.append(f"{name} differs from the reference on case {i + 1} "
+                             f"({self._case_text(case)}): max relative error {rels[j]:.1e} > "
+                             f"{self.tol:g}" + _where(o_arr, r_arr) + ".")
+            else:
+                lines.append(f"{name} differs too: max relative error {rels[j]:.1e}"
+                             + _where(o_arr, r_arr) + ".")
+        text = "\n  ".join(lines)
+        if len(bad) < len(self.outputs) and not self.integer:
+            text += "\n  (" + ", ".join(self.outputs[j] for j in range(len(self.outputs))
+                                        if j not in bad) + " agree.)"
+        if not mis:
+            partial = self._diagnose_each(outs, case, bad)
+            if partial:
+                by_key = {}
+                for j, k in partial:
+                    by_key.setdefault(k, []).append(self.outputs[j])
+                text += "".join(f"\n  Hint for {', '.join(names)}: {self.hint(k)}"
+                                for k, names in by_key.items())
+                raise _Mismatch(text, partial[0][1], hinted=True)
+            text += ("\n  It matches none of the mistakes this check knows: compare your "
+                     "lines with the equations above, one at a time.")
+        raise _Mismatch(text, mis)
+
+    def _diagnose_each(self, outs, case, bad):
+        """[(output index, key)]: for each wrong output, a known mistake giving that output
+        (when the student's outputs as a whole match none: two mistakes at once)."""
+        ref = self.invoke(self.reference, case)
+        ref_t = ref if len(self.outputs) > 1 else (ref,)
+        found = []
+        for j in bad:
+            for m in self.misconceptions:
+                w = self._wrong_outputs(m, case)
+                if w is None or len(w) != len(outs):
+                    continue
+                try:
+                    a, o = np.asarray(w[j], dtype=np.float64), np.asarray(outs[j], dtype=np.float64)
+                except Exception:
+                    continue
+                if a.shape == o.shape == np.shape(ref_t[j]) and max_rel(a, ref_t[j]) > DISTINCT_TOL \
+                        and max_rel(o, a) <= MATCH_TOL:
+                    found.append((j, m.key))
+                    break
+        return found
 
     def _wrong_outputs(self, m: Misconception, case):
         try:
