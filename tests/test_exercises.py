@@ -721,3 +721,14 @@ def test_two_mistakes_at_once_get_a_hint_each(capsys):
     assert f"Hint for dx: {ex.hint('mean_term_missing')}" in v.message
     assert f"Hint for dg, db: {ex.hint('dg_db_swapped')}" in v.message
     assert "dg differs too" in v.message
+
+
+def test_a_failing_reference_is_not_blamed_on_the_student(monkeypatch):
+    ex = EXERCISES["gelu_backward"]
+    student = ex.reference
+
+    def broken(dout, x):
+        raise RuntimeError("a bug in the package")
+    monkeypatch.setattr(ex, "reference", broken)
+    v = ex.check(student)
+    assert v.passed is False and "[ERROR]" in v.message and "not your mistake" in v.message

@@ -249,7 +249,12 @@ class Exercise:
                     v.message += f"\n  Hint: {hint}"
                     v.hint = hint
                 return v
-            ref = self.invoke(self.reference, case)
+            try:
+                ref = self.invoke(self.reference, case)
+            except Exception as exc:                        # ours: say so, never blame the student
+                return Verdict(self.name, False, self._head("ERROR") + "minipeft's own reference "
+                               f"failed ({_summarise_exception(exc)}): not your mistake. Please "
+                               "report it with this message.")
             try:
                 rels = self._compare(out, ref, case, i)
             except _Mismatch as m:
