@@ -525,6 +525,8 @@ def test_the_reference_passes_its_check(name, capsys):
     assert out.startswith(f"[PASS] Exercise {ex.number} {name}")
     if ex.finite_differences is not None:
         assert "finite differences agree" in out
+    if ex.with_torch is not None:                      # torch is in the test extra
+        assert "agrees (" in out.split("finite differences agree")[-1]
 
 
 def test_every_misconception_has_a_wrong_implementation_here():

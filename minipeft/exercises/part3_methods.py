@@ -129,6 +129,21 @@ def _ia3b_fd(fn, rng):
     return errs
 
 
+def _ia3b_torch(fn, rng):
+    import torch
+    errs = []
+    for c in _ia3b_cases(rng)[2:]:
+        dx, dl = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in IA3_BACKWARD.args))
+        t = {k: torch.tensor(v, requires_grad=k in ("x", "l")) for k, v in c.items()
+             if isinstance(v, np.ndarray)}
+        h = (t["x"] * t["l"]) @ t["W"] + t["b"] if c["feedforward"] else (t["x"] @ t["W"] + t["b"]) * t["l"]
+        h.backward(t["dh"])
+        ff = c["feedforward"]
+        errs += torch_errors({f"dx (feedforward={ff})": (dx, t["x"].grad),
+                              f"dl (feedforward={ff})": (dl, t["l"].grad)})
+    return "torch autograd", errs
+
+
 IA3_BACKWARD = Exercise(
     "3.2", "ia3_backward", "IA3 on a Conv1D layer, backward (both placements)",
     args=("dh", "x", "W", "b", "l", "feedforward"), outputs=("dx", "dl"), reference=_ia3b_ref,
@@ -144,7 +159,7 @@ IA3_BACKWARD = Exercise(
                       "multiplies: the output before the scaling, or after it?",
                       _ia3b_wrong("dl_from_scaled_output")),
     ],
-    on_exception=shape_error_hint(IA3_HINT), finite_differences=_ia3b_fd)
+    on_exception=shape_error_hint(IA3_HINT), finite_differences=_ia3b_fd, with_torch=_ia3b_torch)
 
 # ------------------------------------------------------------------ 3.3 prefix attention
 
@@ -416,6 +431,19 @@ def _bnb_fd(fn, rng):
     return fd_errors(lambda: float(np.sum(_bn_ref(**c) * dy)), wrt, dict(zip(names, got)))
 
 
+def _bnb_torch(fn, rng):
+    import torch
+    c = _bnb_cases(rng)[1]
+    got = fn(*(c[a].copy() for a in BOTTLENECK_BACKWARD.args))
+    t = {k: torch.tensor(v, requires_grad=k != "dy") for k, v in c.items()}
+    h = t["x"] + t["a"]
+    y = h + torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(h, t["W_down"], t["b_down"])),
+                                       t["W_up"], t["b_up"])
+    y.backward(t["dy"])
+    return "torch autograd", torch_errors({n: (g, t[a].grad) for n, g, a in
+                                           zip(BOTTLENECK_BACKWARD.outputs, got, BOTTLENECK_FORWARD.args)})
+
+
 BOTTLENECK_BACKWARD = Exercise(
     "3.6", "bottleneck_backward", "a bottleneck adapter (Pfeiffer, relu), backward",
     args=("dy", "x", "a", "W_down", "b_down", "W_up", "b_up"),
@@ -435,7 +463,7 @@ BOTTLENECK_BACKWARD = Exercise(
                       "residual: does da have a term through the adapter?",
                       _bnb_wrong("sublayer_gradient_identity_only")),
     ],
-    on_exception=shape_error_hint(BN_HINT), finite_differences=_bnb_fd)
+    on_exception=shape_error_hint(BN_HINT), finite_differences=_bnb_fd, with_torch=_bnb_torch)
 
 EXERCISES = [IA3_FORWARD, IA3_BACKWARD, PREFIX_ATTENTION, PROMPT_BACKWARD, BOTTLENECK_FORWARD,
              BOTTLENECK_BACKWARD]
