@@ -38,6 +38,7 @@ import numpy as np
 
 from ..config import refuse_unknown_fields
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
+from ..io.jsonfile import parse_json
 from .optim import AdamW, clip_grad_norm, lr_multiplier
 
 STATE_NAME = "trainer_state.json"
@@ -317,7 +318,7 @@ class Trainer:
               "dtype": str(next(iter(self.params.values())).dtype),
               "base_weights": self._base_fingerprint(),
               "data": self._data_fingerprint()}
-        return json.loads(json.dumps(fp, sort_keys=True, default=_jsonable))   # as saved
+        return parse_json(json.dumps(fp, sort_keys=True, default=_jsonable), "the fingerprint")  # as saved
 
     def checkpoints(self, run: str | None = None) -> list[Path]:
         """output_dir's checkpoint-<step> folders, oldest step first (of one run, with ``run``).
