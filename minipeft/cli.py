@@ -330,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_bench)
 
+    from . import compare                     # the command's flags and logic live there
+    p = sub.add_parser("compare", help="every PEFT method on the demo task with one budget: a table, "
+                       "a figure and the adapters", description="Trains full fine-tuning, LoRA, "
+                       "rsLoRA, DoRA, IA3, prefix and prompt tuning and the Pfeiffer and Houlsby "
+                       "adapters on the demo task with one budget; writes results.json, results.csv, "
+                       "compare.png and the adapters.")
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.main)
+
     p = sub.add_parser("generate", help="continue a prompt (greedy or sampled), with an adapter or not")
     p.add_argument("model")
     p.add_argument("prompt")
