@@ -858,3 +858,50 @@ def test_nan_or_inf_weights_warn_on_load_naming_the_tensor(tmp_path):
 def test_the_error_types_are_one_family():
     assert issubclass(SaveError, MinipeftError) and issubclass(SaveError, OSError)
     assert issubclass(WeightsNotFoundError, MinipeftError)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+@pytest.mark.parametrize("kind", ["weights", "adapter"])
+def test_concurrent_saves_among_files_end_whole(tmp_path, kind):
+    """Two processes save two versions into one folder shared with the user's notes,
+    starting from plain files (so both may convert it to links at once), 8 times each:
+    no save fails, and the folder loads as one whole version with the notes intact."""
+    folder = tmp_path / "dst"
+    pms = {}
+    if kind == "adapter":
+        for s in (1, 2):
+            pms[s] = peft(LoraConfig(r=2 * s, target_modules=["c_attn"], init_lora_weights=False), seed=s)
+        pms[1].save_pretrained(folder)
+    else:
+        model(1).save_pretrained(folder)
+    (folder / "notes.md").write_text("mine")
+
+    def save(s):
+        if kind == "adapter":
+            pms[s].save_pretrained(folder)
+        else:
+            model(s).save_pretrained(folder, overwrite=True)
+    pids = []
+    for s in (1, 2):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for _ in range(8):
+                    save(s)
+            except BaseException:                        # noqa: BLE001 - reported by the exit code
+                import traceback
+                (tmp_path / f"error-{s}.txt").write_text(traceback.format_exc())
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in pids]
+    assert codes == [0, 0], "\n".join(p.read_text() for p in tmp_path.glob("error-*.txt"))
+    assert (folder / "notes.md").read_text() == "mine"
+    if kind == "adapter":
+        pm = PeftModel.from_pretrained(model(), folder)
+        got = dict(pm._adapter_arrays("default"))
+        assert any(same_params(got, dict(pms[s]._adapter_arrays("default"))) for s in (1, 2))
+    else:
+        params = GPT2.from_pretrained(folder).params
+        assert any(same_params(params, model(s).params) for s in (1, 2))

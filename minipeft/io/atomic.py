@@ -287,6 +287,7 @@ def _link_into(folder: Path, name: str, target: str) -> None:
 def _freeze_current(folder: Path, names, key: str) -> Path:
     """A generation holding what ``folder/<name>`` holds now (hard links, not copies)."""
     pointer = pointer_name(key)
+    shown = current_generation(folder, key)             # looked up once: one version
     gen = Path(tempfile.mkdtemp(prefix=f"{pointer}.", dir=folder))
     for name in names:
         path = folder / name
@@ -297,9 +298,8 @@ def _freeze_current(folder: Path, names, key: str) -> Path:
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
             if target == f"{pointer}/{name}":           # ours: the file the pointer shows now
-                real = folder / pointer / name
-                if real.is_file():
-                    _hard_link(real, gen / name)
+                if shown is not None and (shown / name).is_file():
+                    _hard_link(shown / name, gen / name)
             else:                                       # the user's own link: the same link
                 os.symlink(target if os.path.isabs(target) else os.path.join("..", target),
                            gen / name)
@@ -351,14 +351,15 @@ def _publish(folder: Path, gen: Path, names, key: str) -> bool:
                 _link_into(folder, name, f"{pointer}/{name}")
         if old is not None:
             remove(old)
-    for name in names:                                  # new names: links that show nothing yet
-        if (gen / name).exists() and not _is_our_link(folder, name, key):
+    written = [n for n in names if (gen / n).exists()]
+    for name in written:                                # new names: links that show nothing yet
+        if not _is_our_link(folder, name, key):
             _link_into(folder, name, f"{pointer}/{name}")
     old = _point(folder, key, gen)                      # the one step that publishes
     if old is not None and old != gen:
         remove(old)
-    for name in names:                                  # a file this save does not write:
-        if not (gen / name).exists() and _is_our_link(folder, name, key):    # no dangling link
+    for name in set(names) - set(written):              # a file this save does not write:
+        if _is_our_link(folder, name, key):             # no link left showing nothing
             (folder / name).unlink(missing_ok=True)
     return True
 
