@@ -3,6 +3,9 @@
 Converted checkpoints sit in the repository's ``weights/<name>/`` folder (or in
 the folder named by the ``MINIPEFT_WEIGHTS`` environment variable). A *bundled*
 name is simply a sub-folder of that directory holding a ``config.json``.
+
+``file_in_folder`` is the one check of a name that a loader reads from a file (the
+shard index, checksums.json): it must name a regular file inside the folder.
 """
 from __future__ import annotations
 
