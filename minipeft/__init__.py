@@ -1,7 +1,7 @@
 """minipeft: parameter-efficient fine-tuning of GPT-2 in NumPy, checked against torch."""
 from .config import GPT2Config
 from .errors import (CheckpointError, ConfigError, HubError, InputError, MinipeftError,
-                     WeightsNotFoundError)
+                     SaveError, WeightsNotFoundError)
 from .io.checkpoint import convert_checkpoint
 from .model import GPT2
 from .peft import (BottleneckConfig, BottleneckModel, IA3Config, IA3Model, LoraConfig,
@@ -15,4 +15,5 @@ __all__ = ["GPT2", "GPT2Config", "convert_checkpoint", "load_tokenizer", "LoraCo
            "BottleneckConfig", "BottleneckModel", "IA3Config", "IA3Model",
            "PrefixTuningConfig", "PrefixTuningModel", "PromptTuningConfig", "PromptTuningModel",
            "PeftModel", "get_peft_model", "MinipeftError",
-           "ConfigError", "InputError", "CheckpointError", "WeightsNotFoundError", "HubError"]
+           "ConfigError", "InputError", "CheckpointError", "WeightsNotFoundError", "HubError",
+           "SaveError"]

@@ -905,3 +905,34 @@ def test_concurrent_saves_among_files_end_whole(tmp_path, kind):
     else:
         params = GPT2.from_pretrained(folder).params
         assert any(same_params(params, model(s).params) for s in (1, 2))
+
+
+@POSIX
+def test_atomic_file_replaces_a_planted_link_and_a_failure_changes_nothing(tmp_path):
+    """io.atomic.atomic_file (metrics.json and other single files): written through the
+    descriptor of an exclusive temp file, renamed over the final name; a link there is
+    replaced, not written through; a failure leaves the old file and no temp file."""
+    from minipeft.io.atomic import atomic_file
+    victim = tmp_path / "victim"
+    victim.write_text("do not touch")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    os.symlink(victim, folder / "metrics.json")
+    with atomic_file(folder / "metrics.json") as f:
+        f.write(b'{"a": 1}\n')
+    assert victim.read_text() == "do not touch"
+    assert not (folder / "metrics.json").is_symlink()
+    assert (folder / "metrics.json").read_text() == '{"a": 1}\n'
+    assert oct((folder / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(SaveError, match="disk is full"):
+        with atomic_file(folder / "metrics.json") as f:
+            f.write(b'{"a": ')
+            raise OSError(28, "No space left on device")
+    assert (folder / "metrics.json").read_text() == '{"a": 1}\n'
+    assert sorted(os.listdir(folder)) == ["metrics.json"]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
