@@ -936,3 +936,14 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_folder_where_a_saved_file_goes_is_refused_and_nothing_changes(tmp_path):
+    """The user's folder named config.json in the destination: a SaveError saying so."""
+    folder = tmp_path / "m"
+    (folder / "config.json").mkdir(parents=True)
+    (folder / "notes.md").write_text("mine")
+    before = _snapshot(folder)
+    with pytest.raises(SaveError, match="config.json is not a file"):
+        model(1).save_pretrained(folder, overwrite=True)
+    assert _snapshot(folder) == before and sorted(os.listdir(folder)) == ["config.json", "notes.md"]

@@ -46,6 +46,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MinipeftError, SaveError
+from .files import check_output_folder
 
 OURS = ".minipeft"           # every hidden name minipeft makes inside a user's folder starts so
 
@@ -234,6 +235,8 @@ def atomic_folder(dst):
     beside ``dst``); on success it replaces ``dst`` in one step, on failure it is
     deleted and ``dst`` is left as it was. Write failures are a SaveError."""
     dst = Path(dst)
+    if not dst.is_symlink():            # a file of the user's is never replaced by a folder
+        check_output_folder(dst, "the folder to save")
     tmp, created = None, []
     try:
         with _as_save_error(dst):
@@ -289,26 +292,31 @@ def _freeze_current(folder: Path, names, key: str) -> Path:
     pointer = pointer_name(key)
     shown = current_generation(folder, key)             # looked up once: one version
     gen = Path(tempfile.mkdtemp(prefix=f"{pointer}.", dir=folder))
-    for name in names:
-        path = folder / name
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(path)
-            if target == f"{pointer}/{name}":           # ours: the file the pointer shows now
-                if shown is not None and (shown / name).is_file():
-                    _hard_link(shown / name, gen / name)
-            else:                                       # the user's own link: the same link
-                os.symlink(target if os.path.isabs(target) else os.path.join("..", target),
-                           gen / name)
-        elif stat.S_ISREG(st.st_mode):
-            _hard_link(path, gen / name)
-        else:
-            raise SaveError(f"Could not save into {folder}: {path} is not a file (a folder?), and "
-                            f"this save writes a file of that name. Move it away, or save elsewhere.")
-    usual_permissions_one(gen)
+    try:
+        for name in names:
+            path = folder / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                if target == f"{pointer}/{name}":       # ours: the file the pointer shows now
+                    if shown is not None and (shown / name).is_file():
+                        _hard_link(shown / name, gen / name)
+                else:                                   # the user's own link: the same link
+                    os.symlink(target if os.path.isabs(target) else os.path.join("..", target),
+                               gen / name)
+            elif stat.S_ISREG(st.st_mode):
+                _hard_link(path, gen / name)
+            else:
+                raise SaveError(f"Could not save into {folder}: {path} is not a file (a folder?), "
+                                "and this save writes a file of that name. Move it away, or save "
+                                "elsewhere. Nothing was changed.")
+        usual_permissions_one(gen)
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)
+        raise
     return gen
 
 
