@@ -18,7 +18,7 @@ from minipeft.ops import (attention_backward, attention_forward, attention_mask_
                           embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
                           layernorm_forward, linear_backward, linear_forward, merge_heads,
                           merge_heads_backward, residual_backward, residual_forward,
-                          split_heads, split_heads_grad)
+                          split_heads, split_heads_backward)
 from minipeft.testing import grad_check, max_rel, numerical_gradient
 
 TOL = 1e-6
@@ -125,10 +125,10 @@ def test_split_and_merge_heads():
         return np.stack([q, k, v])
 
     def bwd(dout):
-        return {"qkv": merge_heads_backward(dout[0], dout[1], dout[2])}
+        return {"qkv": split_heads_backward(dout[0], dout[1], dout[2])}
     check(grad_check(fwd, qkv, bwd, seed=7))
     y = {"y": randn(2, 2, 3, 3)}
-    check(grad_check(lambda y: merge_heads(y), y, lambda dout: {"y": split_heads_grad(dout, 2)}, seed=8))
+    check(grad_check(lambda y: merge_heads(y), y, lambda dout: {"y": merge_heads_backward(dout, 2)}, seed=8))
 
 
 def test_cross_entropy():

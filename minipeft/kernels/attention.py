@@ -22,17 +22,11 @@ Masked entries are written as exact zeros without calling exp. The mask ``allowe
 (B|1, 1, Tq, Tk) is read as given, so the same kernel serves plain GPT-2 (Tk = Tq),
 a KV cache and a trainable prefix (Tk = P + Tq), with or without padding.
 
-Design, measured on this project's 2-core machine (B=8, NH=12, Tq=128, P=30, hs=64,
-a padded row; wall time, median of 8; the serial kernel, its prange twin, NumPy):
-
-                 forward                      backward
-    float32      17.0 ms  (prange 20.3) vs 22.4    20.2 ms  (prange 21.7) vs 27.4
-    float64      30.9 ms  (prange 34.1) vs 36.3    43.3 ms  (prange 43.2) vs 45.4
-
-The four products dominate, so the kernels win only what the elementwise passes cost.
-Serial, no prange: parallel over (B, NH) did not pay, for the reason kernels/lora.py
-measured: Numba's OpenMP threads keep spinning after a prange loop and compete with
-NumPy's BLAS threads for the two cores, and every kernel here sits between BLAS calls.
+The four products dominate, so the kernels win only what the elementwise passes cost
+(timings: benchmarks/README.md, "Kernel design"). Serial, no prange: parallel over
+(B, NH) did not pay, for the reason kernels/lora.py gives: Numba's OpenMP threads keep
+spinning after a prange loop and compete with NumPy's BLAS threads, and every kernel
+here sits between BLAS calls.
 Typed constants: see ``_consts``.
 """
 from __future__ import annotations

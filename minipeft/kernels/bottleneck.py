@@ -12,7 +12,7 @@ tests/test_bottleneck.py holds the two equal. What each kernel fuses:
     scale_backward      dq = do ⊙ mask · s, the b_u sum and the dscaling sum in one pass
 
 The two matrix products of the adapter stay in NumPy's BLAS, called by
-adapter_forward; the kernels are serial for the reasons measured in kernels/lora.py
+adapter_forward; the kernels are serial for the reasons given in kernels/lora.py
 (Numba's threads starve the BLAS call that follows).
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ import math
 import numpy as np
 from numba import njit
 
-from ..peft.bottleneck import ACTIVATIONS, LEAKY_SLOPE
-
 _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithmetic
+# The twin's activations and slope (peft/bottleneck.py), kept here so that kernels import
+# nothing from peft/; tests/test_bottleneck.py holds the two equal.
 _CODE = {"relu": 0, "leakyrelu": 1, "swish": 2, "silu": 2, "gelu": 3, "gelu_new": 4, "tanh": 5}
+LEAKY_SLOPE = 0.01                # F.leaky_relu's default
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _K = math.sqrt(2.0 / math.pi)                 # gelu_new: 0.5 h (1 + tanh(K (h + A h³)))
@@ -39,7 +40,7 @@ def _c(a, dtype):
 
 def _code(non_linearity):
     if non_linearity not in _CODE:
-        raise ValueError(f"non_linearity must be one of {ACTIVATIONS}, got {non_linearity!r}")
+        raise ValueError(f"non_linearity must be one of {tuple(_CODE)}, got {non_linearity!r}")
     return _CODE[non_linearity]
 
 

@@ -12,23 +12,15 @@ equal. Each loop quotes the twin line it implements. What each kernel fuses:
     dora_forward      (g − 1) ⊙ base + g ⊙ delta in one pass, no temporaries
     dora_backward     dbase, ddelta and the dmagnitude reduction in one pass
 
-Design, measured on this project's 2-core machine:
+How it is fast, and why not more (the measurements: benchmarks/README.md, "Kernel design"):
 
-* The matrix products stay with NumPy's BLAS, called from the Python wrappers. Written
-  as Numba loops they lose (fastmath off: LLVM may not reorder a floating-point sum, so
-  a reduction does not vectorise; forward 1.8 ms against 0.4 ms at N=512, in=768,
-  out=2304, r=8). Calling np.dot *inside* a kernel is worse in a real step: Numba
-  links scipy's own OpenBLAS, a second thread pool that fights NumPy's, and a LoRA
-  training step of the bundled model took 600 ms instead of 190 ms.
+* The matrix products stay with NumPy's BLAS, called from the Python wrappers. As Numba
+  loops they lose (fastmath off: LLVM may not reorder a floating-point sum, so a
+  reduction does not vectorise). Calling np.dot *inside* a kernel is worse in a real
+  step: Numba links scipy's own OpenBLAS, a second thread pool that fights NumPy's.
 * Serial, no parallel=True: Numba's OpenMP threads keep spinning after a prange loop
-  and starve the next BLAS call (a prange loop then a small matmul: 8.1 ms against
-  0.5 ms serial; cf. OpenBLAS issue #3187). Every kernel here sits between BLAS calls.
-* Kernel against twin, float32, N=512, in=768, out=2304, r=8, with dropout:
-      lora_forward       0.66 ms vs 0.92 ms
-      lora_forward + lora_backward   2.1 ms vs 2.4 ms
-      dora_weight_norm   1.0 ms vs 2.4 ms
-  A LoRA training step of the bundled model (batch 16 × 108): 185–200 ms with the
-  kernels, 210–220 ms with the twins; full fine-tuning of all its parameters 171 ms.
+  and starve the next BLAS call (cf. OpenBLAS issue #3187). Every kernel here sits
+  between BLAS calls.
 """
 from __future__ import annotations
 

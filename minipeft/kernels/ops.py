@@ -1,19 +1,19 @@
 """Numba kernels for GPT-2's own ops, the fast twins of ``minipeft/ops/``.
 
-Each kernel has the signature of its NumPy twin (layernorm.py, gelu.py, loss.py) and
-returns the same values; tests/test_ops_kernels.py holds them equal (attention, whose
-kernels live in attention.py, is re-exported here so that GPT2.ops has every op). What
-they fuse:
+This module is the table of ops a GPT2 runs with ``use_kernels`` (``GPT2.ops``): the
+kernels below, attention's from kernels/attention.py, and the ops that have no kernel
+(the linear products and the head split/merge: NumPy's BLAS and reshapes already) taken
+from ops/ as they are. Each kernel has its twin's signature and cache and returns the
+same values; tests/test_ops_kernels.py holds them equal. How each is fast:
 
     layernorm_forward    the shift, the float64 mean and variance, xhat and the affine
                          map of a row in three passes over it, in xhat's own buffer, no
                          (B, T, C) temporaries; rounded where the twin rounds (the
-                         variance of the rounded xc: measured, an exact float64 xc that
-                         disagrees with the rounded xhat makes float32 gradients through
-                         a near one-hot softmax 10x noisier)
+                         variance of the rounded xc: an exact float64 xc that disagrees
+                         with the rounded xhat makes float32 gradients through a near
+                         one-hot softmax 10x noisier)
     layernorm_backward   dxhat, its two row means and dx in two passes per row
-    gelu                 NumPy's lines (faster than Numba's, see GELU below), with a
-                         cache of x alone: tanh is recomputed in backward
+    gelu                 NumPy's vectorised lines, in place on one or two buffers
     cross_entropy        the loss AND its gradient in one pass over the logits, written
                          in place over them: the (N, V) logits are the step's largest
                          array (512 × 50257 floats = 98 MiB at GPT-2's shape), and the
@@ -23,11 +23,9 @@ they fuse:
 Serial, as kernels/lora.py explains (Numba's worker threads spin after a parallel loop
 and slow the BLAS call that follows), except the cross-entropy: its rows are 50257 wide
 and the next call is the lm_head's backward, a 40 GFLOP product that the spin does not
-touch. Measured at (512, 50257) float32: 159 ms serial with float64 exp, 115 ms parallel,
-82 ms parallel with exp in the logits' dtype (as the twin); the matmul after it 152 ms
-either way. The arithmetic is the twin's, in float64 where the
-twin accumulates in float64 (row sums of layernorm and the loss); elsewhere it follows
-the input's dtype, so float32 results agree with the twins to float32 rounding.
+touch (the timings: benchmarks/README.md). The arithmetic is the twin's, in float64
+where the twin accumulates in float64 (row sums of layernorm and the loss); elsewhere it
+follows the input's dtype, so float32 results agree with the twins to float32 rounding.
 """
 from __future__ import annotations
 
@@ -36,14 +34,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..ops import gelu as _gelu
-from .attention import attention_backward, attention_forward   # see kernels/attention.py
+from ..ops import (LayerNormCache, linear_backward, linear_forward,  # noqa: F401 (the table)
+                   merge_heads, merge_heads_backward, split_heads, split_heads_backward)
 from ..ops.loss import IGNORE_INDEX
-
-__all__ = ["attention_forward", "attention_backward", "layernorm_forward", "layernorm_backward",
-           "gelu_forward", "gelu_backward", "cross_entropy"]
+from .attention import attention_backward, attention_forward   # noqa: F401 (the table)
 
 _jit = dict(cache=True, fastmath=False)
+_K = math.sqrt(2.0 / math.pi)                  # GELU's constants, the twin's (ops/gelu.py)
+_A = 0.044715
 
 
 # ------------------------------------------------------------------ layernorm
@@ -76,7 +74,7 @@ def layernorm_forward(x, g, b, eps):
     rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)
     _layernorm_rows(x2, g, b, eps, out, xhat, rstd)
     shape = x.shape
-    return out.reshape(shape), (xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), g)
+    return out.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), g)
 
 
 @njit(**_jit)
@@ -112,21 +110,48 @@ def layernorm_backward(dout, cache, need_params=True):
 
 
 # ------------------------------------------------------------------ GELU
-# NumPy's lines, not a Numba loop: NumPy's tanh is vectorised (SIMD), a Numba loop calls
-# a scalar tanh per element. Measured on (512, 3072) float32: the twin's forward 3.5 ms;
-# a Numba loop 25 ms (float32) to 34 ms (float64), 7 ms with tanh written through exp
-# under fastmath. What the fast path changes is memory: the cache keeps x alone and the
-# backward recomputes tanh(u) (about 2.5 ms per GPT-2 124M block), so one (B, T, 4C)
-# array per block (6 MiB at batch 4 x 128) is not held from forward to backward.
+# NumPy's lines, not a Numba loop: NumPy's tanh is vectorised (SIMD), a Numba loop calls a
+# scalar tanh per element (7x slower, benchmarks/README.md). What this kernel changes is
+# memory: each line works in place on one or two (B, T, 4C) buffers, the largest arrays of
+# a block, in the twin's order of operations (so the results are the twin's, bit for bit).
+def _tanh_u(x):
+    """tanh(K (x + A x·x·x)) in one new array, the twin's operations in the twin's order."""
+    t = x * _A
+    t *= x
+    t *= x                                     # A x·x·x
+    t += x
+    t *= _K                                    # u = K (x + A x³)
+    return np.tanh(t, out=t)
+
+
 def gelu_forward(x):
-    """Elementwise; cache = (x, None): the backward recomputes tanh(u)."""
-    out, (x, _) = _gelu.gelu_forward(x)
-    return out, (x, None)
+    """Elementwise -> (out, cache = x), as the twin."""
+    t = _tanh_u(x)
+    t += 1                                     # 1 + t
+    out = x * 0.5
+    out *= t                                   # 0.5 x (1 + t)
+    return out, x
 
 
 def gelu_backward(dout, cache):
-    x = cache[0]
-    return _gelu.gelu_backward(dout, (x, _gelu.tanh_u(x)))
+    """dout -> dx, as the twin: 0.5 (1 + t + x (1 - t²) K (1 + 3A x²)), times dout, in
+    three buffers."""
+    x = cache
+    t = _tanh_u(x)                             # recomputed: the cache holds x alone
+    du = np.clip(x, -100.0, 100.0)             # the twin's guard
+    np.square(du, out=du)
+    du *= 3 * _A
+    du += 1                                    # 1 + 3A x²
+    s = t * t
+    np.subtract(1, s, out=s)                   # 1 - t²
+    s *= x
+    s *= _K
+    s *= du                                    # x (1 - t²) K (1 + 3A x²)
+    t += 1
+    t += s
+    t *= 0.5
+    t *= dout
+    return t
 
 
 # ------------------------------------------------------------------ cross-entropy

@@ -14,12 +14,18 @@ Numba's spinning OpenMP threads would slow the next one.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
-from ..peft.prompt import PromptCache
-
 _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithmetic
+
+
+class PromptCache(NamedTuple):
+    """The twin's cache (peft/prompt.py), defined here so that kernels import nothing from
+    peft/; tests/test_prompt_tuning.py holds the two equal, fields and values."""
+    num_virtual_tokens: int                # P
 
 
 @njit(**_jit)

@@ -27,9 +27,7 @@ from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
 from .. import ops as twins
 from ..ops import (attention_mask_allowed, cross_entropy_forward, embedding_backward, embedding_forward,
-                   linear_backward, linear_forward, merge_heads, merge_heads_backward,
-                   residual_backward, residual_forward, shift_labels, split_heads,
-                   split_heads_grad)
+                   residual_backward, residual_forward, shift_labels)
 from .generate import generate as _generate
 from .inputs import (check_attention_mask, check_input_ids, check_labels, check_past_key_values,
                      check_position_ids)
@@ -66,6 +64,7 @@ class GPT2:
         self.config = config
         self.params = params
         self.use_kernels = True     # attention, layernorm, cross-entropy: Numba kernels; False: twins
+        self._ops = None            # a table set through ``ops`` (a profiler's), else use_kernels picks
         self.trainable = set(params) if trainable is None else set(trainable)
         unknown = sorted(self.trainable - set(params))
         if unknown:
@@ -91,14 +90,27 @@ class GPT2:
             raise ConfigError(f"minipeft runs in float32 or float64, not {dtype}.")
         new = type(self)(self.config, {k: v.astype(dtype) for k, v in self.params.items()},
                          self.trainable)
-        new.use_kernels = self.use_kernels
+        new.take_ops_choice(self)
         return new
 
     @property
     def ops(self):
-        """Where attention, layernorm, GELU and cross-entropy come from: kernels/ops.py
-        (Numba), or with ``use_kernels = False`` their plain NumPy twins in ops/."""
+        """The table of ops the model calls (layernorm, attention, GELU, cross-entropy, the
+        linear products, the head split/merge): kernels/ops.py (Numba), or with
+        ``use_kernels = False`` their plain NumPy twins in ops/. Setting it installs another
+        table with the same functions (bench/profile.py sets a timed one); None goes back."""
+        if self._ops is not None:
+            return self._ops
         return _kernels() if self.use_kernels else twins
+
+    @ops.setter
+    def ops(self, table):
+        self._ops = table
+
+    def take_ops_choice(self, other: "GPT2") -> None:
+        """Run the ops ``other`` runs (its use_kernels and any table set through ``ops``):
+        a model made from another (astype, a PEFT wrapper, a merge, an unload) keeps its choice."""
+        self.use_kernels, self._ops = other.use_kernels, other._ops
 
     @property
     def dtype(self) -> np.dtype:
@@ -178,12 +190,12 @@ class GPT2:
         ops = self.ops
         ln1, ln1_c = ops.layernorm_forward(x, P[f"{h}.ln_1.weight"], P[f"{h}.ln_1.bias"], eps)
         qkv, c_attn_c = self._linear(f"{h}.attn.c_attn", ln1)          # (B, T, 3C)
-        q, k, v = split_heads(qkv, cfg.n_head)                          # (B, NH, T, hs) each
+        q, k, v = ops.split_heads(qkv, cfg.n_head)                      # (B, NH, T, hs) each
         if layer_past is not None:                                      # KV cache: prepend the past
             k = np.concatenate([layer_past[0], k], axis=2)              # (B, NH, T_past + T, hs)
             v = np.concatenate([layer_past[1], v], axis=2)              # (B, NH, T_past + T, hs)
         y, attn_c = self._attention(i, q, k, v, allowed)                # (B, NH, T, hs)
-        a, c_proj_c = self._linear(f"{h}.attn.c_proj", merge_heads(y))  # (B, T, C)
+        a, c_proj_c = self._linear(f"{h}.attn.c_proj", ops.merge_heads(y))  # (B, T, C)
         x2, res1_c = self._residual(f"{h}.attn", x, a)                  # x + a
         ln2, ln2_c = ops.layernorm_forward(x2, P[f"{h}.ln_2.weight"], P[f"{h}.ln_2.bias"], eps)
         f, c_fc_c = self._linear(f"{h}.mlp.c_fc", ln2)                  # (B, T, 4C)
@@ -212,7 +224,7 @@ class GPT2:
     def _linear(self, name: str, x):
         """The Conv1D called ``name`` (LoRA, IA3 override this): -> (out, cache). A frozen
         weight keeps no input for backward, which needs it only for the weight's gradient."""
-        out, x = linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
+        out, x = self.ops.linear_forward(x, self.params[f"{name}.weight"], self.params[f"{name}.bias"])
         return out, (x if f"{name}.weight" in self.trainable else None)  # dw needs x; dx does not
 
     def _attention(self, i: int, q, k, v, allowed):
@@ -292,14 +304,14 @@ class GPT2:
         dx2 = dx2 + dx2_ln
         # x2 = x + a
         dx, da = self._residual_backward(f"{h}.attn", dx2, c["attn.residual"], grads)
-        # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split(c_attn(ln1))
-        dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)
-        dq, dk, dv = self._attention_backward(i, split_heads_grad(dy, cfg.n_head), c["attn"])
+        # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split_heads(c_attn(ln1))
+        dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)   # (B, T, C)
+        dq, dk, dv = self._attention_backward(i, ops.merge_heads_backward(dy, cfg.n_head), c["attn"])
         past = c["past_length"]
         if past:                                                        # a trainable prefix
             self._past_backward(i, dk[:, :, :past], dv[:, :, :past], grads)
             dk, dv = dk[:, :, past:], dv[:, :, past:]
-        dln1 = self._linear_backward(f"{h}.attn.c_attn", merge_heads_backward(dq, dk, dv),
+        dln1 = self._linear_backward(f"{h}.attn.c_attn", ops.split_heads_backward(dq, dk, dv),
                                      c["attn.c_attn"], grads)
         # ln1 = ln_1(x)
         dx_ln, dgam, dbeta = ops.layernorm_backward(dln1, c["ln_1"], self._needs(f"{h}.ln_1"))
@@ -309,8 +321,8 @@ class GPT2:
 
     def _linear_backward(self, name: str, dout, cache, grads):
         """Backward of ``_linear``: -> dx; weight gradients go into ``grads``."""
-        dx, dw, db = linear_backward(dout, cache, self.params[f"{name}.weight"],
-                                     need_params=self._needs(name))
+        dx, dw, db = self.ops.linear_backward(dout, cache, self.params[f"{name}.weight"],
+                                              need_params=self._needs(name))
         self._put(grads, f"{name}.weight", dw)
         self._put(grads, f"{name}.bias", db)
         return dx

@@ -19,7 +19,16 @@ Backward, with dy upstream:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class AttentionCache(NamedTuple):
+    q: np.ndarray                           # (B, NH, Tq, hs)
+    k: np.ndarray                           # (B, NH, Tk, hs), past or prefix keys first
+    v: np.ndarray                           # (B, NH, Tk, hs)
+    p: np.ndarray                           # (B, NH, Tq, Tk) the attention weights
 
 
 def split_heads(qkv, n_head):
@@ -31,8 +40,8 @@ def split_heads(qkv, n_head):
     return x[0], x[1], x[2]
 
 
-def merge_heads_backward(dq, dk, dv):
-    """Inverse of split_heads for gradients: 3 × (B, NH, T, hs) -> (B, T, 3C)."""
+def split_heads_backward(dq, dk, dv):
+    """Backward of split_heads: 3 × (B, NH, T, hs) -> dqkv (B, T, 3C)."""
     B, NH, T, hs = dq.shape
     d = np.stack([dq, dk, dv])                                      # (3, B, NH, T, hs)
     return np.ascontiguousarray(d.transpose(1, 3, 0, 2, 4)).reshape(B, T, 3 * NH * hs)
@@ -44,10 +53,10 @@ def merge_heads(y):
     return np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, NH * hs)
 
 
-def split_heads_grad(dy, n_head):
-    """Gradient of merge_heads: (B, T, C) -> (B, NH, T, hs)."""
-    B, T, C = dy.shape
-    return np.ascontiguousarray(dy.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3))
+def merge_heads_backward(dout, n_head):
+    """Backward of merge_heads: (B, T, C) -> dy (B, NH, T, hs)."""
+    B, T, C = dout.shape
+    return np.ascontiguousarray(dout.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3))
 
 
 def attention_mask_allowed(Tq, Tk, key_mask=None):
@@ -78,7 +87,7 @@ def attention_forward(q, k, v, allowed):
     z[z == 0] = 1.0                                     # such rows stay all zero
     p /= z
     y = p @ v                                           # (B, NH, Tq, hs)
-    return y, (q, k, v, p)
+    return y, AttentionCache(q, k, v, p)
 
 
 def attention_backward(dy, cache):

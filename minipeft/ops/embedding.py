@@ -7,14 +7,24 @@ that appears twice receives the sum of both gradients.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class EmbeddingCache(NamedTuple):
+    input_ids: np.ndarray                   # (B, T) the rows of wte that were read
+    position_ids: np.ndarray                # (B, T) the rows of wpe (a broadcast view)
+    wte_shape: tuple                        # (V, C)
+    wpe_shape: tuple                        # (P, C)
 
 
 def embedding_forward(input_ids, wte, wpe, position_ids):
     """(B, T) ids, (V, C) wte, (P, C) wpe, (B|1, T) positions -> (B, T, C)."""
     out = wte[input_ids]                    # (B, T, C) gather
     out += wpe[position_ids]                # broadcast over B when positions are (1, T)
-    cache = (input_ids, np.broadcast_to(position_ids, input_ids.shape), wte.shape, wpe.shape)
+    cache = EmbeddingCache(input_ids, np.broadcast_to(position_ids, input_ids.shape),
+                           wte.shape, wpe.shape)
     return out, cache
 
 

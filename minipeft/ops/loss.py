@@ -14,9 +14,18 @@ A target whose logit is -inf has probability 0 and loss inf, as in torch.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 IGNORE_INDEX = -100
+
+
+class CrossEntropyCache(NamedTuple):
+    p: np.ndarray                           # (n, V) the softmax of the n counted rows
+    rows: np.ndarray                        # (n,) their indices among the N = B·T rows
+    targets: np.ndarray                     # (n,) their targets
+    shape: tuple                            # (..., V) of the logits
 
 
 def shift_labels(labels):
@@ -44,7 +53,7 @@ def cross_entropy_forward(logits, targets):
     lse = m[:, 0].astype(np.float64) + np.log(z[:, 0], dtype=np.float64)   # (n,) float64
     nll = lse - xs[np.arange(rows.size), t[rows]]       # (n,) float64
     loss = nll.sum() / rows.size
-    return float(loss), (p, rows, t[rows], logits.shape)
+    return float(loss), CrossEntropyCache(p, rows, t[rows], logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):

@@ -124,6 +124,7 @@ class PeftModel(GPT2):
             raise ConfigError("get_peft_model needs a minipeft GPT2 (e.g. GPT2.from_pretrained(...)), "
                               f"got {type(model).__name__}.")
         super().__init__(model.config, model.params, trainable=())
+        self.take_ops_choice(model)                    # use_kernels = False survives wrapping
         check_adapter_name(adapter_name)
         check_seed(seed)
         self.base_model = model
@@ -276,7 +277,8 @@ class PeftModel(GPT2):
         get_peft_model, whose arrays this model shares. As in peft, it holds what the base
         holds now: merged adapters stay merged in it (``unmerge_adapter()`` first for the
         original weights), biases trained with ``bias="all"`` stay trained, and PiSSA/OLoRA
-        leave their residual weights."""
+        leave their residual weights. It runs the ops this model runs (``use_kernels``)."""
+        self.base_model.take_ops_choice(self)
         return self.base_model
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
@@ -489,7 +491,9 @@ class MergeMixin:
         names = self._to_merge(adapter_names)
         params = dict(self.params)
         params.update(self._fold_in(names, params, safe_merge, {}))
-        return GPT2(self.config, {k: v.copy() for k, v in params.items()})
+        merged = GPT2(self.config, {k: v.copy() for k, v in params.items()})
+        merged.take_ops_choice(self)
+        return merged
 
     @contextlib.contextmanager
     def _unmerged(self):

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -171,6 +172,17 @@ def scale_backward(do, cache):
 
 
 # ------------------------------------------------------------------ one adapter location
+class AdapterCache(NamedTuple):
+    """What adapter_backward needs from adapter_forward."""
+    z: np.ndarray                 # (N, C) the input of adapter_down (after LN_before)
+    ln_before: tuple | None       # LN_before's cache, None without it
+    d: np.ndarray                 # (N, m) act(z W_dᵀ + b_d)
+    act: tuple                    # bias_act_forward's cache
+    scale: tuple                  # scale_forward's cache
+    ln_after: tuple | None        # LN_after's cache, None without it
+    res_inside: bool              # r was added inside scale_forward (else after LN_after)
+
+
 def down_name(config) -> str:
     """The Linear of AdapterHub's nn.Sequential adapter_down: .0, or .1 after an ln_before LayerNorm."""
     return "adapter_down.1" if config.ln_before else "adapter_down.0"
@@ -207,7 +219,7 @@ def adapter_forward(x, a, t, config, mask=None, ops=None):
             o = o + r
     # post_forward
     y = o + x if config.original_ln_after else o
-    return y, (z, ln_b, d, act_c, scale_c, ln_a, res_inside)
+    return y, AdapterCache(z, ln_b, d, act_c, scale_c, ln_a, res_inside)
 
 
 def adapter_backward(dy, cache, t, config, ops=None):

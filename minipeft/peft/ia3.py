@@ -62,8 +62,3 @@ def unmerge_weight(W, b, l, feedforward):
     if feedforward:
         return W / l[:, None], b.copy()
     return W / l[None, :], b / l
-
-
-def num_ia3_parameters(n_in: int, n_out: int, feedforward: bool) -> int:
-    """One scale per input (feedforward) or per output."""
-    return n_in if feedforward else n_out

@@ -127,8 +127,3 @@ def unmerge_weight(W, A, B, scaling, magnitude=None, norm=None):
     if magnitude is not None:
         W = W / (magnitude / norm)
     return W - delta_weight(A, B, scaling)
-
-
-def num_lora_parameters(n_in: int, n_out: int, r: int, use_dora: bool = False) -> int:
-    """r · (in + out) (+ out for DoRA's magnitude)."""
-    return r * (n_in + n_out) + (n_out if use_dora else 0)

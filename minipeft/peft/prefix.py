@@ -1,5 +1,5 @@
 """Prefix tuning (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for
-Generation", ACL 2021): the forward, backward and parameter count in NumPy.
+Generation", ACL 2021): the forward and backward in NumPy.
 
 Every layer l gets P trainable key and value vectors per head, the "prefix", that
 each real token attends to before its own causal context; the base model is frozen:
@@ -65,7 +65,7 @@ def prefix_to_kv(prefix, n_layer, n_head):
     return prefix.reshape(P, 2 * n_layer, n_head, -1).transpose(1, 2, 0, 3)
 
 
-def kv_to_prefix_grad(dkv):
+def prefix_to_kv_backward(dkv):
     """Backward of prefix_to_kv: dkv (2L, NH, P, hs) -> dprefix (P, 2LC)."""
     P = dkv.shape[2]
     return np.ascontiguousarray(dkv.transpose(2, 0, 1, 3)).reshape(P, -1)
@@ -77,11 +77,3 @@ def layer_past(kv, batch_size):
     shape = (batch_size,) + kv.shape[1:]
     return [(np.broadcast_to(kv[2 * i], shape), np.broadcast_to(kv[2 * i + 1], shape))
             for i in range(kv.shape[0] // 2)]
-
-
-def prefix_num_parameters(P, n_layer, n_embd, projection=False, hidden=None):
-    """Trainable parameters: flat P·2LC; projection P·C + C·H + H + H·2LC + 2LC."""
-    out = 2 * n_layer * n_embd
-    if not projection:
-        return P * out
-    return P * n_embd + (n_embd * hidden + hidden) + (hidden * out + out)

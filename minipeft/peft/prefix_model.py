@@ -259,7 +259,7 @@ class PrefixTuningModel(PeftModel):
         dkv = grads.pop(_DKV, None)
         if dkv is None:                                         # disabled, or inference mode
             return grads
-        dprefix = twin.kv_to_prefix_grad(dkv)                   # (P, 2LC)
+        dprefix = twin.prefix_to_kv_backward(dkv)               # (P, 2LC)
         if info["mlp"] is None:
             grads[FLAT] = dprefix
             return grads

@@ -86,8 +86,3 @@ def text_init_ids(token_ids, P: int) -> list[int]:
     if len(ids) < P:
         ids = ids * math.ceil(P / len(ids))
     return ids[:P]
-
-
-def num_prompt_parameters(num_virtual_tokens: int, n_embd: int) -> int:
-    """P · C."""
-    return num_virtual_tokens * n_embd

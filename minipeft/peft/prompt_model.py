@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError
 from ..model.gpt2 import GPT2
 from ..model.inputs import (_as_int_array, check_attention_mask, check_input_ids, check_labels,
                             check_past_key_values, check_position_ids)
-from ..ops import IGNORE_INDEX, cross_entropy_forward, shift_labels
+from ..ops import IGNORE_INDEX, EmbeddingCache, cross_entropy_forward, shift_labels
 from . import prompt as twin
 from .base import PeftModel, check_fits
 from .config_base import checked_config, from_peft_dict, peft_dict
@@ -253,7 +253,7 @@ class PromptTuningModel(PeftModel):
 
     def _embed_backward(self, dx, cache, dwte, grads):
         """x = concat(prompt, wte[ids]) + wpe[pos]: dprompt = Σ_b dx[b, :P]."""
-        if not isinstance(cache, twin.PromptCache):                     # the base's embedding
+        if isinstance(cache, EmbeddingCache):                           # the base's embedding
             return super()._embed_backward(dx, cache, dwte, grads)
         ops = _kernels() if self.use_kernels else twin
         grads[KEY] = ops.prompt_embedding_backward(dx, cache)           # (P, C)

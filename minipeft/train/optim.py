@@ -6,16 +6,17 @@ weight decay taken out of the gradient and applied to the weights directly. Step
 (t = 1, 2, ...) of one parameter θ with gradient g:
 
     θ  ← θ · (1 - lr·λ)                               decoupled weight decay (λ = 0 for no_decay)
-    m  ← m + (1-β1)·(g - m)                           = β1·m + (1-β1)·g, written as torch's lerp
+    m  ← β1·m + (1-β1)·g
     v  ← β2·v + (1-β2)·g²
     θ  ← θ - (lr / (1-β1^t)) · m / (√v / √(1-β2^t) + ε)
 
-in exactly the order of torch.optim.AdamW (``_single_tensor_adam`` in torch/optim/adam.py,
+in the order of torch.optim.AdamW (``_single_tensor_adam`` in torch/optim/adam.py,
 foreach=False), so float64 agrees with torch to rounding. Scalars are Python floats cast
 to the parameter's dtype, as torch's CPU kernels do: float32 stays float32. Where torch
-differs at the last bit: its CPU kernels fuse ``lerp_`` and ``addcmul_`` into one FMA,
-and its vectorised ``sqrt`` (SLEEF) is not always correctly rounded; NumPy rounds each
-operation, so float32 agrees to ~1 ulp per step, not bit for bit.
+differs at the last bit: it writes m's update as ``lerp_`` (m + (1-β1)·(g - m)), its CPU
+kernels fuse ``lerp_`` and ``addcmul_`` into one FMA, and its vectorised ``sqrt`` (SLEEF)
+is not always correctly rounded; NumPy rounds each operation, so float32 agrees to ~1 ulp
+per step, not bit for bit.
 
     clip_grad_norm:  n = ‖(‖g_1‖, ..., ‖g_k‖)‖;  g ← g · min(1, max_norm / (n + 1e-6))
     lr_multiplier:   transformers' get_{constant,linear,cosine}_schedule_with_warmup lambdas.
@@ -94,13 +95,10 @@ class AdamW:
         wd = 0.0 if name in self.no_decay else self.weight_decay
         if wd != 0:
             p *= dt(1 - lr * wd)                                # param.mul_(1 - lr * weight_decay)
-        w = dt(1 - beta1)                                       # exp_avg.lerp_(grad, 1 - beta1):
-        if abs(w) < 0.5:                                        #   torch's lerp, both branches
-            m += w * (g - m)                                    #   self + w·(end - self)
-        else:
-            m[...] = g - (g - m) * (dt(1) - w)                  #   end - (end - self)·(1 - w)
-        v *= dt(beta2)                                          # exp_avg_sq.mul_(beta2)
-        v += dt(1 - beta2) * g * g                              #   .addcmul_(grad, grad, value=1 - beta2)
+        m *= dt(beta1)                                          # m ← β1·m + (1-β1)·g
+        m += dt(1 - beta1) * g
+        v *= dt(beta2)                                          # v ← β2·v + (1-β2)·g²
+        v += dt(1 - beta2) * g * g
         bias_correction1 = 1 - beta1 ** t                       # Python floats, as torch
         bias_correction2 = 1 - beta2 ** t
         step_size = lr / bias_correction1
