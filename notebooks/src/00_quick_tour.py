@@ -25,7 +25,8 @@ import minipeft
 from minipeft import GPT2, GPT2Config, LoraConfig, MinipeftError, get_peft_model, load_tokenizer
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
-STEPS = 30 if FAST else 300
+STEPS = 10 if FAST else 300
+N_EVAL = 8 if FAST else 50
 print(f"minipeft {minipeft.__version__}; training for {STEPS} steps" + (" (fast mode)" if FAST else ""))
 
 # %% [markdown]
@@ -90,7 +91,7 @@ tok = load_tokenizer("tiny-shakespeare")
 eos = tok.token_to_id("<|endoftext|>")
 
 train_examples = make_examples(2000, seed=0)
-eval_examples = make_examples(50, seed=1)
+eval_examples = make_examples(N_EVAL, seed=1)
 print(train_examples[0]["prompt"] + train_examples[0]["completion"])
 print(f"\n{base.num_parameters():,} parameters; {len(train_examples)} training examples, "
       f"{len(eval_examples)} held out")

@@ -27,6 +27,8 @@ from minipeft import GPT2, LoraConfig, MinipeftError, convert_checkpoint, get_pe
 from minipeft.testing import cmp
 
 USE_HUB = False        # True: download GPT-2 (about 500 MB) when this machine has network
+FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: one timed step, not three
+REPEATS = 1 if FAST else 3
 
 # %% [markdown]
 # ## 1. The hub name
@@ -128,11 +130,12 @@ if transformers is not None:
 # %%
 from minipeft.train.optim import AdamW
 
-def step_seconds(model, T=64, B=4, repeats=2):
+def step_seconds(model, T=64, B=4, repeats=REPEATS):
     pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn"],
                                           fan_in_fan_out=True))
     opt = AdamW(pm.trainable_parameters(), lr=1e-4)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(B, T))
+    pm.loss_and_grads(ids[:1, :8], labels=ids[:1, :8])          # warm-up: Numba loads its kernels
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
