@@ -53,6 +53,7 @@ import numpy as np
 
 from .config import refuse_unknown_fields
 from .errors import ConfigError, InputError, MinipeftError
+from .io.files import check_output_folder
 
 BUNDLED = "tiny-shakespeare"
 SWEEP_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_lr_sweep.json"
@@ -268,7 +269,8 @@ def _disk_bytes(folder: Path) -> int:
 # ====================================================================== the run
 def _check_out(out, overwrite: bool) -> Path:
     out = Path(out) if out is not None else Path(f"minipeft-compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    check_output_folder(out, "--out")                  # a file there: a sentence before any training
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; give another --out or pass --overwrite "
                          "(which replaces it whole when the run ends).")
     return out

@@ -39,3 +39,13 @@ def test_a_save_never_replaces_a_users_file(tmp_path, save, where):
     assert "notes.txt is a file" in str(info.value) and "folder" in str(info.value), str(info.value)
     assert mine.read_text() == "the user's own file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]     # nothing left beside it
+
+
+def test_compare_refuses_an_output_file_before_training(tmp_path):
+    from minipeft import compare
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file")
+    with pytest.raises(MinipeftError, match="notes.txt is a file, not a folder"):
+        compare.run(methods=["lora"], quick=True, out=mine, overwrite=True, verbose=False,
+                    learning_rates={"lora": 1e-2, "full": 1e-3})
+    assert mine.read_text() == "the user's own file"
