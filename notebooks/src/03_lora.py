@@ -136,10 +136,11 @@ axes[0].set_ylabel("held-out loss")
 axes[1].plot(params, [sweep[r][1]["slot_error"] for r in sweep], "o-", label="slot error")
 axes[1].plot(params, [sweep[r][1]["exact_match"] for r in sweep], "o-", label="exact match")
 axes[1].legend()
+for r, p in zip(sweep, params):
+    axes[0].annotate(f"r={r}", (p, sweep[r][1]["eval_loss"]), textcoords="offset points",
+                     xytext=(4, 4), fontsize=8)
 for ax in axes:
     ax.set_xscale("log"); ax.set_xlabel("trainable parameters")
-    for r, p in zip(sweep, params):
-        ax.annotate(f"r={r}", (p, ax.get_ylim()[0]), textcoords="offset points", xytext=(0, 4), fontsize=7)
 plt.tight_layout(); plt.show()
 
 # %% [markdown]

@@ -154,11 +154,12 @@ for prompt, a, b in zip(prompts[:3], greedy_completions(prefix_model, tok, promp
 # layer: the columns left of the line are the prefix.
 
 # %%
-batch = np.array([tok.encode(prompts[0]).ids])
+enc = tok.encode(prompts[0])
+batch = np.array([enc.ids])
 _, cache = prefix_model.forward(batch)
 p = cache["layers"][-1]["attn"][3][0]                   # (NH, T, P + T) attention probabilities
-labels = tok.encode(prompts[0]).tokens
-fig, ax = plt.subplots(figsize=(8, 4))
+labels = enc.tokens
+fig, ax = plt.subplots(figsize=(10, 7))
 ax.imshow(p[0], cmap="viridis", vmin=0, vmax=1, aspect="auto")
 ax.axvline(P - 0.5, color="w", lw=1.5)
 ax.set_xticks(range(P + len(labels)), [f"p{j}" for j in range(P)] + labels, rotation=90, fontsize=6)
