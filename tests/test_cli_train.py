@@ -281,3 +281,13 @@ def test_an_unforeseen_os_error_is_a_sentence(capsys, monkeypatch):
     rc, _, err = run(capsys, "info", BUNDLED)
     assert rc == 1 and "Errno" not in err and "Traceback" not in err
     assert "No space left on device (/data/run/loss.png)" in err
+
+
+def test_exercises_report_refuses_an_output_file_before_running_anything(tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file")
+    notebook = tmp_path / "student.ipynb"
+    notebook.write_text("{}")
+    rc, _, err = run(capsys, "exercises", "report", notebook, "--out", mine)
+    assert rc == 1 and "--out" in err and "notes.txt is a file, not a folder" in err, err
+    assert mine.read_text() == "the user's own file"

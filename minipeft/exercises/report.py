@@ -257,6 +257,8 @@ def report(submissions, out_dir="exercises-report", timeout: float = 300, progre
 
 # ------------------------------------------------------------------ the command line
 def _run_args(args) -> None:
+    from ..io.files import check_output_folder
+    check_output_folder(args.out, "--out")        # a file there: a sentence before any notebook runs
     report(args.submissions, out_dir=args.out, timeout=args.timeout)
 
 
