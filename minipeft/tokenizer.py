@@ -34,7 +34,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processo
 from tokenizers.models import BPE
 
 from minipeft.errors import CheckpointError, ConfigError, InputError, WeightsNotFoundError
-from minipeft.io.files import read_text
+from minipeft.io.files import check_text, read_text
 from minipeft.io.jsonfile import read_json
 from minipeft.io.paths import HUB_NAMES, bundled_dir, bundled_names
 
@@ -202,7 +202,7 @@ def save_tokenizer(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> Path
 def _training_texts(text) -> list[str]:
     """The texts to train on: ``text`` itself, or the contents of the file(s) it names."""
     if isinstance(text, str):
-        texts = [text]
+        texts = [check_text(text, "the text to train the tokenizer on")]   # no lone surrogates
     else:
         paths = [text] if isinstance(text, os.PathLike) else list(text)
         texts = []

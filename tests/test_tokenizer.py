@@ -460,6 +460,9 @@ def test_train_errors(tmp_path):
         train_bpe_tokenizer([tmp_path / "missing.txt"], 300)
     with pytest.raises(InputError, match="no text"):
         train_bpe_tokenizer("", 300)
+    with pytest.raises(InputError, match="the text to train the tokenizer on is not UTF-8 text: "
+                                         "character 5 is the byte 0xe9"):
+        train_bpe_tokenizer("Ophel\udce9" * 100, 300)          # bytes read with surrogateescape
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a folder", encoding="utf-8")
     with pytest.raises(InputError, match="is a file"):
