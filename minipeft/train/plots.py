@@ -8,7 +8,6 @@ to or closes the user's pyplot figures.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -22,21 +21,12 @@ def new_figure(width: float = 6, height: float = 3.5):
 
 
 def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG to ``path`` atomically: an unpredictable temp name beside
-    it, created exclusively, then renamed over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # mkstemp's 0600 -> what open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """Write ``fig`` as a PNG to ``path`` atomically, as every save (io/atomic.atomic_file:
+    a fresh temp file beside it, then one rename; a failure leaves ``path`` as it was)."""
+    from ..io.atomic import atomic_file
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return Path(path)
 
 
 def plot_losses(history, path: str | os.PathLike[str], title: str = "Training loss") -> Path:
