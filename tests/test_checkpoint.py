@@ -239,25 +239,31 @@ def test_overwrite_of_a_folder_of_minipeft_files_replaces_it_whole(hf, tmp_path)
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["file", "link-to-folder"])
-def test_overwrite_replaces_a_file_or_link(hf, tmp_path, kind):
+def test_overwrite_never_replaces_a_users_file_but_replaces_a_link(hf, tmp_path):
+    """A file at the destination is the user's: even with overwrite it stays, and the
+    error says it is a file (a save replaces only what minipeft writes). A link there is
+    replaced by the folder; what it points to is untouched."""
+    from minipeft import InputError
     folder, _ = hf
     dst = tmp_path / "conv"
+    dst.write_text("in the way")
+    with pytest.raises(MinipeftError, match="overwrite"):
+        convert_checkpoint(folder, dst)
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        convert_checkpoint(folder, dst, overwrite=True)
+    assert dst.read_text() == "in the way"
+    dst.unlink()
     target = tmp_path / "elsewhere"
-    if kind == "file":
-        dst.write_text("in the way")
-    else:
-        target.mkdir()
-        (target / "keep.txt").write_text("theirs")
-        dst.symlink_to(target, target_is_directory=True)
+    target.mkdir()
+    (target / "keep.txt").write_text("theirs")
+    dst.symlink_to(target, target_is_directory=True)
     with pytest.raises(MinipeftError, match="overwrite"):
         convert_checkpoint(folder, dst)
     convert_checkpoint(folder, dst, overwrite=True)
     assert dst.is_dir() and not dst.is_symlink()
     assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
     assert leftovers(tmp_path) == []
-    if kind != "file":                      # the link is replaced, not what it points to
-        assert os.listdir(target) == ["keep.txt"]
+    assert os.listdir(target) == ["keep.txt"]       # the link is replaced, not what it points to
 
 
 def test_failed_conversion_leaves_nothing(hf, tmp_path):
