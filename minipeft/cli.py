@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="minipeft against torch + peft on this CPU: speed and memory, "
                        "one run", description="Measures minipeft and torch + peft alternately on the "
                        "same shapes and random weights (see benchmarks/README.md).")
-    from .bench import add_arguments          # loads only numpy and minipeft.errors
+    from .bench import add_arguments          # loads neither torch nor numba
     add_arguments(p)
     p.set_defaults(func=_bench)
 

@@ -96,3 +96,29 @@ def test_lora_flop_count_follows_the_formula():
 def test_bad_flags_are_refused(capsys, flags, message):
     assert bench.main(TINY + ["--no-torch"] + flags) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_profiler_times_one_model_and_changes_no_module():
+    """The profiler is explicit: it installs a timed ops table and hooks on the model it is
+    given and the optimiser's step, and takes them out after; no module is patched."""
+    import minipeft.kernels.lora
+    import minipeft.kernels.ops
+    import minipeft.ops
+    import minipeft.peft.lora
+    from minipeft.bench.config import QUICK
+    from minipeft.bench.models import batch_ids, minipeft_lora, minipeft_random
+    from minipeft.bench.profile import TimedOps, profiled
+    modules = (minipeft.ops, minipeft.kernels.ops, minipeft.kernels.lora, minipeft.peft.lora)
+    before = {m: dict(vars(m)) for m in modules}
+    cfg = bench.BenchConfig(**QUICK)
+    pm, opt = minipeft_lora(minipeft_random(cfg), cfg)
+    ids, _ = batch_ids(cfg)
+    kernels = pm.ops
+    with profiled(pm, opt) as timer:
+        assert isinstance(pm.ops, TimedOps) and "_linear" in vars(pm)
+        opt.step(pm.loss_and_grads(ids, ids)[1])
+        assert all(vars(m) == before[m] for m in modules)
+    assert pm.ops is kernels and "_linear" not in vars(pm) and "step" not in vars(opt)
+    for op in ("linear fwd (x W + b)", "LoRA fwd", "linear bwd (dout Wᵀ)", "LoRA bwd",
+               "layernorm fwd", "attention bwd", "cross-entropy fwd+bwd", "AdamW step"):
+        assert timer.seconds[op] > 0, op

@@ -22,7 +22,6 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError
-from ..ops import linear_forward
 from . import lora as twin
 from .base import PREFIX, MergeMixin, PeftModel, check_adapter_name, check_fits
 from .lora_config import LINEAR_MODULES, LoraConfig
@@ -181,7 +180,7 @@ class LoraModel(MergeMixin, PeftModel):
     def _linear(self, name: str, x):
         """Base Conv1D, plus s · drop(x) Aᵀ Bᵀ on each LoRA part (and DoRA's terms)."""
         W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-        out, _ = linear_forward(x, W, b)                                # (B, T, out), W frozen
+        out, _ = self.ops.linear_forward(x, W, b)                       # (B, T, out), W frozen
         x_cache = None                                                  # backward needs no x for W
         t = self._active_lora(name)
         if t is None:
@@ -215,7 +214,7 @@ class LoraModel(MergeMixin, PeftModel):
         if f"{name}.bias" in self.trainable:
             grads[f"{name}.bias"] = d2.sum(axis=0)
         if lora_cache is None:
-            return dout @ W.T
+            return self.ops.linear_backward(dout, None, W, need_params=False)[0]
         mask, parts = lora_cache
         cfg, t = self.peft_config[self.active_adapter], self.lora[self.active_adapter][name]
         ops = _kernels() if self.use_kernels else twin
@@ -235,7 +234,7 @@ class LoraModel(MergeMixin, PeftModel):
             grads[f"{PREFIX}{name}.{prefix}lora_A.weight"] = dA
             grads[f"{PREFIX}{name}.{prefix}lora_B.weight"] = dB
             dx_extra = dxl if dx_extra is None else dx_extra + dxl
-        dx = (dbase_total @ W.T) + dx_extra                             # (N, in)
+        dx = self.ops.linear_backward(dbase_total, None, W, need_params=False)[0] + dx_extra  # (N, in)
         return dx.reshape(*dout.shape[:-1], W.shape[0])
 
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
