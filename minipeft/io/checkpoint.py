@@ -14,24 +14,28 @@ Every file is read as data and checked before use: a name read from a file (the 
 index, checksums.json) must name a regular file inside the folder (``paths.file_in_folder``),
 every JSON goes through ``jsonfile.read_json``, tensors of a dtype NumPy cannot hold
 (float8, float4) are refused by name, and NaN or infinite weights are reported with a
-warning naming the tensor. Writing is in ``atomic.py``.
+warning naming the tensor. Reading one weights file is in ``tensors.py``, writing in
+``atomic.py``.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..config import GPT2Config
 from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
-from .atomic import (atomic_folder, atomic_save, read_dir, replace_folder,  # noqa: F401
-                     usual_permissions, usual_permissions_one)
-from .jsonfile import parse_json, read_json
+from .atomic import atomic_folder, atomic_save, read_dir  # noqa: F401 (compare.py: atomic_folder)
+from .jsonfile import read_json
 from .paths import file_in_folder
+from .tensors import read_bin, read_safetensors
+
+# The old private name, still imported by peft/io.py and train/trainer.py (being rewritten
+# by issue 16 §1); they are to import io.tensors.read_safetensors, then this line goes.
+_read_safetensors = read_safetensors
 
 FORMAT_VERSION = 1
 
@@ -98,148 +102,6 @@ def _to_float32(name, array, source):
             f"{source}: tensor {name} has dtype {array.dtype}; GPT-2 weights are floats. The "
             "file is not a GPT-2 checkpoint; convert or download the original folder again.")
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-# safetensors dtypes NumPy holds (BF16 read by hand below); the others (F8_E4M3, F8_E5M2,
-# F8_E8M0, F6_*, F4, ...) are refused by name.
-READABLE_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16",
-                   "U8", "BOOL"}
-MAX_HEADER_BYTES = 100 << 20        # safetensors' own limit on the JSON header
-
-
-def _safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file, or None where it does not even parse
-    (then safetensors itself says what is wrong).
-
-    The layout: 8 bytes little-endian header size, a JSON header {name: {dtype, shape,
-    data_offsets}}, then the raw data."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
-                return None
-            raw = f.read(n)
-        header = parse_json(raw, f"{path}'s header", error=CheckpointError)
-    except (OSError, CheckpointError):
-        return None
-    return header
-
-
-def _refuse_unreadable_dtypes(path: Path, header: dict | None) -> None:
-    odd = {name: info.get("dtype") for name, info in (header or {}).items()
-           if name != "__metadata__" and isinstance(info, dict)
-           and isinstance(info.get("dtype"), str) and info["dtype"] not in READABLE_DTYPES}
-    if odd:
-        name, dtype = next(iter(odd.items()))
-        more = f" (and {len(odd) - 1} more tensor(s))" if len(odd) > 1 else ""
-        raise CheckpointError(
-            f"{path}: tensor {name} has dtype {dtype}{more}, an 8-bit or smaller float that "
-            "NumPy cannot hold and minipeft does not read. Save the weights in float32, float16 "
-            "or bfloat16 (e.g. model.to(torch.float32).save_pretrained(...)).")
-
-
-def warn_non_finite(tensors: dict, source) -> None:
-    """A warning naming the float tensors that hold NaN or infinite values: such a model
-    loads, then generates nonsense (often one token forever)."""
-    bad = [(k, int(np.size(v) - np.count_nonzero(np.isfinite(v)))) for k, v in tensors.items()
-           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
-    if bad:
-        names = ", ".join(f"{k} ({n:,} of {np.size(tensors[k]):,} values)" for k, n in bad[:3])
-        more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
-        warnings.warn(f"{source}: NaN or infinite weights in {names}{more}. A model with them "
-                      "computes NaN logits and generates nonsense (often token 0 forever). Load an "
-                      "earlier copy, or train again with a lower learning rate or max_grad_norm.",
-                      RuntimeWarning, stacklevel=3)
-
-
-def _read_bfloat16_safetensors(path: Path, header: dict) -> dict:
-    """safetensors read by hand, for the one dtype NumPy lacks: bfloat16 (the top half
-    of a float32)."""
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    kinds = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = data[8 + n + start: 8 + n + end]
-        if info["dtype"] == "BF16":
-            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            a = np.frombuffer(raw, kinds[info["dtype"]])
-        out[name] = a.reshape(info["shape"])
-    return out
-
-
-def _read_safetensors(path: Path) -> dict:
-    """{name: array} of a safetensors file; every way it can be bad is a CheckpointError,
-    and NaN/inf values a warning."""
-    out = _read_safetensors_unchecked(path)
-    warn_non_finite(out, path)
-    return out
-
-
-def _read_safetensors_unchecked(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    header = _safetensors_header(path)
-    _refuse_unreadable_dtypes(path, header)
-    try:
-        try:
-            return load_file(str(path))
-        except TypeError as e:
-            if "bfloat16" not in str(e) or header is None:
-                raise
-            return _read_bfloat16_safetensors(path, header)
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        pickled = _looks_pickled(path)
-        raise CheckpointError(
-            f"Cannot read {path}: {e}. The file is corrupt, truncated or not safetensors; "
-            "convert or download it again." + (
-                " It looks like a pickle (torch.save), which minipeft never loads under a "
-                "safetensors name (unpickling can run code): save it with safetensors "
-                "(safe_serialization=True) or `minipeft convert` its original folder."
-                if pickled else "")) from None
-
-
-def _looks_pickled(path: Path) -> bool:
-    """Does the file start as a pickle (protocol 2-5) or a torch.save zip archive does?
-    (A safetensors file starts with its header's length, then "{" at byte 8.)"""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
-    return (pickle or head[:4] == b"PK\x03\x04") and head[8:9] != b"{"
-
-
-def _read_bin(path: Path) -> dict:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(
-            f"{path} is a PyTorch pickle, and reading it needs torch (pip install torch). "
-            "Or convert it on a machine with torch: `minipeft convert SRC DST`, which "
-            "writes safetensors.") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:              # torch raises many types for a bad pickle
-        raise CheckpointError(
-            f"Cannot read {path} safely (weights_only=True): {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. minipeft never unpickles "
-            "arbitrary objects; use a safetensors checkpoint.") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
-    odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        raise CheckpointError(f"{path} holds {odd[0]!r}, which is not a tensor: it is not a model "
-                              "state dict. Give the model's weights file (save_pretrained's).")
-    out = {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-           for k, v in state.items()}
-    warn_non_finite(out, path)
-    return out
 
 
 def _weight_files(folder: Path) -> tuple[str, list[Path]]:
@@ -325,7 +187,7 @@ def load_folder(folder: str | Path, dtype=np.float32) -> tuple[GPT2Config, dict]
     kind, files = _weight_files(folder)
     raw = {}
     for f in files:
-        raw.update(_read_safetensors(f) if kind == "safetensors" else _read_bin(f))
+        raw.update(read_safetensors(f) if kind == "safetensors" else read_bin(f))
     params = normalize_names(raw, str(source))
     check_params(params, config, str(source))
     params = {k: _to_float32(k, v, str(source)).astype(dtype, copy=False) for k, v in params.items()}
