@@ -148,4 +148,8 @@ def test_kernel_copies_equal_their_twins():
     from minipeft.peft import prompt as pt
     assert bk.LEAKY_SLOPE == bt.LEAKY_SLOPE
     assert set(bk._CODE) == set(bt.ACTIVATIONS)
-    assert pk.PromptCache._fields == pt.PromptCache._fields
+    from minipeft.kernels import lora as lk
+    from minipeft.peft import lora as lt
+    for kernel, twin, name in ((pk, pt, "PromptCache"), (lk, lt, "LoraCache"), (lk, lt, "DoraCache"),
+                               (bk, bt, "BiasActCache"), (bk, bt, "ScaleCache")):
+        assert getattr(kernel, name)._fields == getattr(twin, name)._fields, name

@@ -18,6 +18,7 @@ adapter_forward; the kernels are serial for the reasons given in kernels/lora.py
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -27,6 +28,18 @@ _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithm
 # nothing from peft/; tests/test_bottleneck.py holds the two equal.
 _CODE = {"relu": 0, "leakyrelu": 1, "swish": 2, "silu": 2, "gelu": 3, "gelu_new": 4, "tanh": 5}
 LEAKY_SLOPE = 0.01                # F.leaky_relu's default
+
+
+# The twin's caches, kept here for the same reason (fields held equal by tests/test_ops_choice.py).
+class BiasActCache(NamedTuple):
+    h: np.ndarray                 # (N, m) the pre-activation p + b
+    d: np.ndarray                 # (N, m) act(h)
+
+
+class ScaleCache(NamedTuple):
+    u: np.ndarray                 # (N, C) q + b, before the scaling
+    mask: np.ndarray | None       # (N, C) the dropout mask, or None
+    scaling: object               # a float, or the trained s: (1,) or (C,)
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _K = math.sqrt(2.0 / math.pi)                 # gelu_new: 0.5 h (1 + tanh(K (h + A h³)))
@@ -105,7 +118,7 @@ def bias_act_forward(p, b, non_linearity):
     """p (N, m) = z W_dᵀ, b (m,) -> d = act(p + b) (N, m); cache (h, d)."""
     dt = np.result_type(p, b)
     h, d = _bias_act_forward(_c(p, dt), _c(b, dt), _code(non_linearity))
-    return d, (h, d)
+    return d, BiasActCache(h, d)
 
 
 @njit(**_jit)
@@ -158,7 +171,7 @@ def scale_forward(q, b, scaling, mask=None, residual=None):
                           dummy if mask is None else _c(mask, dt),
                           dummy if residual is None else _c(residual, dt),
                           mask is not None, residual is not None)
-    return o, (u, mask, scaling)
+    return o, ScaleCache(u, mask, scaling)
 
 
 @njit(**_jit)

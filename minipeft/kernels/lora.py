@@ -24,10 +24,26 @@ How it is fast, and why not more (the measurements: benchmarks/README.md, "Kerne
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithmetic
+
+
+# The twin's caches (peft/lora.py), defined here so that kernels import nothing from peft/;
+# tests/test_ops_choice.py holds the fields equal, tests/test_lora_kernels.py the values.
+class LoraCache(NamedTuple):
+    xd: np.ndarray                # (N, in) drop(x), x itself without dropout
+    u: np.ndarray                 # (N, r) the down-projection xd Aᵀ
+
+
+class DoraCache(NamedTuple):
+    base: np.ndarray              # (N, out) x W0 without bias (drop(x) W0 under dropout)
+    delta: np.ndarray             # (N, out) the LoRA update
+    g: np.ndarray                 # (out,) m / norm
+    norm: np.ndarray              # (out,) ‖W0 + s (BA)ᵀ‖_c, a constant
 
 
 def _c(a, dtype):
@@ -55,7 +71,7 @@ def lora_forward(x, A, B, scaling, mask=None):
     xd = x if mask is None else _masked(x, _c(mask, dt))       # (N, in)  drop(x)
     u = xd @ _c(A, dt).T                                        # (N, r)   down-projection
     delta = u @ (_c(B, dt) * dt.type(scaling)).T               # (N, out) scaling folded into B (out, r)
-    return delta, (xd, u)
+    return delta, LoraCache(xd, u)
 
 
 def lora_backward(ddelta, cache, A, B, scaling, mask=None):
@@ -111,7 +127,7 @@ def dora_forward(base, delta, magnitude, norm):
     base, delta, norm = _c(base, dt), _c(delta, dt), _c(norm, dt)
     g = _c(magnitude, dt) / norm           # g = magnitude / norm          (out,)
     extra = _dora_forward(base, delta, g, g - 1)
-    return extra, (base, delta, g, norm)
+    return extra, DoraCache(base, delta, g, norm)
 
 
 @njit(**_jit)

@@ -93,6 +93,18 @@ def _truncated_normal(rng, shape, std):
     return x
 
 
+# ------------------------------------------------------------------ caches
+class BiasActCache(NamedTuple):
+    h: np.ndarray                 # (N, m) the pre-activation p + b
+    d: np.ndarray                 # (N, m) act(h)
+
+
+class ScaleCache(NamedTuple):
+    u: np.ndarray                 # (N, C) q + b, before the scaling
+    mask: np.ndarray | None       # (N, C) the dropout mask, or None
+    scaling: object               # a float, or the trained s: (1,) or (C,)
+
+
 # ------------------------------------------------------------------ activations
 _erf = np.frompyfunc(math.erf, 1, 1)        # NumPy has no erf; the kernel is the fast path
 
@@ -119,7 +131,7 @@ def bias_act_forward(p, b, non_linearity):
         d = np.tanh(h)
     else:
         raise ValueError(f"non_linearity must be one of {ACTIVATIONS}, got {non_linearity!r}")
-    return d.astype(h.dtype, copy=False), (h, d)
+    return d.astype(h.dtype, copy=False), BiasActCache(h, d)
 
 
 def bias_act_backward(dd, cache, non_linearity):
@@ -156,7 +168,7 @@ def scale_forward(q, b, scaling, mask=None, residual=None):
         o *= mask                                                   # output = self.dropout(up)
     if residual is not None:
         o += residual
-    return o, (u, mask, scaling)
+    return o, ScaleCache(u, mask, scaling)
 
 
 def scale_backward(do, cache):

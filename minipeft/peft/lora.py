@@ -37,8 +37,21 @@ Every function here is the plain NumPy twin of a Numba kernel in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
+
+
+class LoraCache(NamedTuple):
+    xd: np.ndarray                # (N, in) drop(x), x itself without dropout
+    u: np.ndarray                 # (N, r) the down-projection xd Aᵀ
+
+
+class DoraCache(NamedTuple):
+    base: np.ndarray              # (N, out) x W0 without bias (drop(x) W0 under dropout)
+    delta: np.ndarray             # (N, out) the LoRA update
+    g: np.ndarray                 # (out,) m / norm
+    norm: np.ndarray              # (out,) ‖W0 + s (BA)ᵀ‖_c, a constant
 
 
 def lora_scaling(lora_alpha: float, r: int, use_rslora: bool = False) -> float:
@@ -62,7 +75,7 @@ def lora_forward(x, A, B, scaling, mask=None):
     u = xd @ A.T                                      # (N, r)    down-projection
     delta = u @ B.T                                   # (N, out)  up-projection
     delta *= scaling
-    return delta, (xd, u)
+    return delta, LoraCache(xd, u)
 
 
 def lora_backward(ddelta, cache, A, B, scaling, mask=None):
@@ -99,7 +112,7 @@ def dora_forward(base, delta, magnitude, norm):
     LoRA update from lora_forward. Returns (extra (N, out), cache)."""
     g = magnitude / norm                              # (out,)
     extra = (g - 1) * base + g * delta                # (N, out)
-    return extra, (base, delta, g, norm)
+    return extra, DoraCache(base, delta, g, norm)
 
 
 def dora_backward(dextra, cache):
