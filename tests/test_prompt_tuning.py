@@ -264,9 +264,14 @@ def test_errors(hf_checkpoint):
         PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", tokenizer_name_or_path="x")
     with pytest.raises(ConfigError, match="needs tokenizer_name_or_path"):
         PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi")
-    with pytest.raises(WeightsNotFoundError, match="not available offline"):
+    # GPT-2's vocabulary is bundled, so "gpt2" loads offline; its ids do not fit this tiny model
+    with pytest.raises(ConfigError, match="outside this model's vocabulary of 50"):
         get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT",
                                                 prompt_tuning_init_text="hi", tokenizer_name_or_path="gpt2"))
+    with pytest.raises(WeightsNotFoundError):
+        get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT",
+                                                prompt_tuning_init_text="hi",
+                                                tokenizer_name_or_path="no-such-tokenizer"))
     with pytest.raises(ConfigError, match="outside this model's vocabulary of 50"):
         get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT",
                                                 prompt_tuning_init_text="Good morrow, my lord",
