@@ -32,7 +32,7 @@ def machine_info(with_torch: bool) -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": "?",
-            "numba": importlib.metadata.version("numba")}         # its version, without importing it
+            "numba": importlib.metadata.version("numba")}      # without importing numba
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()

@@ -74,7 +74,8 @@ def layernorm_forward(x, g, b, eps):
     rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)
     _layernorm_rows(x2, g, b, eps, out, xhat, rstd)
     shape = x.shape
-    return out.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), g)
+    cache = LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), g)
+    return out.reshape(shape), cache
 
 
 @njit(**_jit)
