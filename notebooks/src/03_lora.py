@@ -122,7 +122,7 @@ def fine_tune(config, lr=1e-2):
     return model, {"params": n, "eval_loss": history[-1]["eval_loss"], **result}
 
 sweep = {}
-for r in (1, 4, 16, 64):
+for r in (1, 8, 64):
     sweep[r] = fine_tune(LoraConfig(r=r, lora_alpha=32, target_modules="all-linear"))
     row = sweep[r][1]
     print(f"r = {r:3d}: {row['params']:>8,} trainable, eval loss {row['eval_loss']:.3f}, "
@@ -146,6 +146,10 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## rsLoRA and DoRA
 #
+# **rsLoRA** at r = 64 with α = 32 scales the update by 32/√64 = 4 where LoRA uses 32/64 = 0.5:
+# at the same learning rate its steps are 8 × larger. Its paper's claim is that with α/√r the
+# best learning rate no longer depends on r; the learning rate here was chosen for LoRA.
+#
 # **DoRA** (Liu et al. 2024) splits each output column of the weight into a magnitude and a
 # direction, `W = m ⊙ V / ‖V‖_c` with `V = W₀ + s (B A)ᵀ`, trains the magnitude `m` directly
 # and the direction through LoRA (`use_dora=True`; the norm is held constant in backward, as
@@ -155,8 +159,8 @@ plt.tight_layout(); plt.show()
 variants = {
     "LoRA r=64": sweep[64][1],
     "rsLoRA r=64": fine_tune(LoraConfig(r=64, lora_alpha=32, use_rslora=True, target_modules="all-linear"))[1],
-    "LoRA r=4": sweep[4][1],
-    "DoRA r=4": fine_tune(LoraConfig(r=4, lora_alpha=32, use_dora=True, target_modules="all-linear"))[1],
+    "LoRA r=8": sweep[8][1],
+    "DoRA r=8": fine_tune(LoraConfig(r=8, lora_alpha=32, use_dora=True, target_modules="all-linear"))[1],
 }
 for label, row in variants.items():
     print(f"{label:12s} {row['params']:>8,} trainable, eval loss {row['eval_loss']:.3f}, "
@@ -181,24 +185,32 @@ display(analysis.plot_delta_w_spectrum(spectrum, top=64, title="ΔW of c_attn, L
 print("rank of each ΔW:", spectrum["rank"], " effective rank:", spectrum["effective_rank"].round(1))
 
 # %% [markdown]
-# ## Do r = 4 and r = 64 learn the same directions?
+# ## Do r = 8 and r = 64 learn the same directions?
 #
 # The paper's Figure 3: φ(A₁, A₂, i, j) = ‖U₁ᵢᵀ U₂ⱼ‖²_F / min(i, j) compares the top-i right
 # singular vectors of one run's A with the top-j of another's: 1 means one subspace contains
-# the other, 0 that they are orthogonal. The paper finds the top directions of r = 8 and
+# the other, 0 that they are orthogonal. The paper finds that the top directions of r = 8 and
 # r = 64 overlap strongly, which is why a small r suffices.
+#
+# Two things differ here. A starts *random* and, after 100 steps, is still mostly its random
+# start, so its overlap stays near what chance gives. B starts at *zero*, so everything in it
+# was learned: the same measure on the columns of B (pass `Bᵀ`, shape (r, out)) shows what
+# the two runs agree on.
 
 # %%
-layer = 2
-key = f"base_model.model.transformer.h.{layer}.attn.c_attn.lora_A.weight"
-A4, A64 = sweep[4][0].trainable_parameters()[key], sweep[64][0].trainable_parameters()[key]
-print(f"φ(A_r4, A_r64, 1, 1) = {analysis.subspace_similarity(A4, A64, 1, 1):.2f}")
-display(analysis.plot_subspace_similarity(A4, A64, max_j=16, labels=("A (r=4)", "A (r=64)"),
-                                          title=f"subspace similarity, layer {layer} c_attn"))
-# two random (4, C) and (64, C) matrices, for scale: the overlap that chance gives
-R4, R64 = rng.standard_normal(A4.shape), rng.standard_normal(A64.shape)
-print(f"random matrices: φ(1, 1) = {analysis.subspace_similarity(R4, R64, 1, 1):.2f}"
-      f" (expected 1/C = {1 / base.config.n_embd:.3f} for j = 1)")
+layer = 0
+key = f"base_model.model.transformer.h.{layer}.attn.c_attn"
+run8, run64 = sweep[8][0].trainable_parameters(), sweep[64][0].trainable_parameters()
+A8, A64 = run8[f"{key}.lora_A.weight"], run64[f"{key}.lora_A.weight"]
+B8, B64 = run8[f"{key}.lora_B.weight"], run64[f"{key}.lora_B.weight"]
+for label, m1, m2 in (("A", A8, A64), ("Bᵀ", B8.T, B64.T)):
+    print(f"φ({label} r=8, {label} r=64, 1, 1) = {analysis.subspace_similarity(m1, m2, 1, 1):.2f}")
+# chance: two random directions in d dimensions have a squared cosine of 1/d on average
+print(f"chance for i = j = 1: 1/C = {1 / A8.shape[1]:.3f} (A), 1/3C = {1 / B8.shape[0]:.3f} (Bᵀ)")
+display(analysis.plot_subspace_similarity(A8, A64, max_j=16, labels=("A, r=8", "A, r=64"),
+                                          title=f"A: layer {layer} c_attn (input directions)"))
+display(analysis.plot_subspace_similarity(B8.T, B64.T, max_j=16, labels=("Bᵀ, r=8", "Bᵀ, r=64"),
+                                          title=f"B: layer {layer} c_attn (output directions)"))
 
 # %% [markdown]
 # ## What to try next
