@@ -12,7 +12,7 @@
 #    and peft are installed).
 #
 # Everything runs offline. The first call of a model loads minipeft's Numba kernels; on a
-# fresh machine Numba compiles them once (a few seconds) and caches them for later runs.
+# fresh machine Numba compiles them once (about ten seconds) and caches them for later runs.
 
 # %%
 import os
