@@ -2,6 +2,7 @@
 
     python benchmarks/compare_lr_sweep.py                 # all methods, writes compare_lr_sweep.json
     python benchmarks/compare_lr_sweep.py --methods ia3   # some of them (merged into the file)
+    python benchmarks/compare_lr_sweep.py --further       # one more step where an edge still wins
 
 Each method trains with the compare run's budget (``CompareConfig``: the batch, data,
 seed and schedule of ``minipeft compare``) but shorter, 100 steps instead of 250 (the
@@ -63,7 +64,10 @@ def val_loss(method, lr, cfg, train_enc, val_batches) -> float:
     return info["eval_loss"] if math.isfinite(info["eval_loss"]) else math.inf
 
 
-def sweep(methods, cfg) -> dict:
+def sweep(methods, cfg, previous=None) -> dict:
+    """{method: {best_lr, val_loss {lr: loss}, at_edge, seconds}}. With ``previous`` (the
+    file's results, for --further) a method's earlier losses are kept and only one more
+    ladder step past a winning edge is run."""
     from minipeft import GPT2, load_tokenizer
     from minipeft.compare import task_data
     tok = load_tokenizer(cfg.model)
@@ -72,13 +76,16 @@ def sweep(methods, cfg) -> dict:
     results = {}
     for m in methods:
         t0 = time.perf_counter()
-        losses = {}
-        grid = list(GRIDS[m])
-        for lr in grid:
-            losses[lr] = val_loss(m, lr, cfg, train_enc, val_batches)
-            print(f"{m:9s} lr {lr:.0e}: val loss {losses[lr]:.4f}", flush=True)
-        best = min(losses, key=losses.get)
-        for edge, up in ((grid[0], False), (grid[-1], True)):      # grow once past an edge
+        old = (previous or {}).get(m)
+        if old:
+            losses = {float(k): v for k, v in old["val_loss"].items()}
+        else:
+            losses = {}
+            for lr in GRIDS[m]:
+                losses[lr] = val_loss(m, lr, cfg, train_enc, val_batches)
+                print(f"{m:9s} lr {lr:.0e}: val loss {losses[lr]:.4f}", flush=True)
+        lrs, best = sorted(losses), min(losses, key=losses.get)
+        for edge, up in ((lrs[0], False), (lrs[-1], True)):        # one step past a winning edge
             if best == edge:
                 lr = ladder(edge, up)
                 losses[lr] = val_loss(m, lr, cfg, train_enc, val_batches)
@@ -87,7 +94,7 @@ def sweep(methods, cfg) -> dict:
         lrs = sorted(losses)
         results[m] = {"best_lr": best, "val_loss": {f"{lr:g}": losses[lr] for lr in lrs},
                       "at_edge": best in (lrs[0], lrs[-1]),
-                      "seconds": round(time.perf_counter() - t0, 1)}
+                      "seconds": round(time.perf_counter() - t0 + (old["seconds"] if old else 0), 1)}
         print(f"{m:9s} best lr {best:g}", flush=True)
     return {"validation_examples": len(val), **results}
 
@@ -99,6 +106,9 @@ def main(argv=None) -> int:
                    "kept unless swept again")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default 100, "
                    "40 %% of compare's 250: short runs keep the sweep cheap)")
+    p.add_argument("--further", action="store_true", help="for methods already in --out whose "
+                   "best is at an end of their grid: keep their losses, run one more ladder step "
+                   "past that end")
     p.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads per process "
                    "(default 1: at these sizes more threads only contend; run two processes "
                    "with disjoint --methods on two cores)")
@@ -112,10 +122,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cfg = replace(cfg, steps=args.steps)                 # everything else as compare's budget
     sweep_cfg = replace(cfg, eval_points=1)              # the loss at the end is what counts
-    found = sweep(methods, sweep_cfg)
+    previous = None
+    if args.further:
+        previous = json.loads(Path(args.out).read_text())["methods"]
+        methods = [m for m in methods if previous.get(m, {}).get("at_edge")]
+    found = sweep(methods, sweep_cfg, previous)
     out = Path(args.out)
     with _locked(out):                                   # two processes may finish together
-        _merge(out, methods, found, cfg, start)
+        _merge(out, methods, found, cfg, start, further=previous is not None)
     print(f"wrote {out}")
     return 0
 
@@ -129,7 +143,7 @@ def _locked(out: Path):
         yield
 
 
-def _merge(out, methods, found, cfg, start):
+def _merge(out, methods, found, cfg, start, further=False):
     from minipeft.compare import METHODS
     data = json.loads(out.read_text()) if out.is_file() else {"methods": {}}
     data["methods"].update({m: found[m] for m in methods})
@@ -143,7 +157,7 @@ def _merge(out, methods, found, cfg, start):
                                                                    "eval_points")},
         "validation_examples": found["validation_examples"],
     })
-    data.setdefault("runs", []).append({"methods": methods, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    data.setdefault("runs", []).append({"methods": methods, "further": further, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                         "seconds": round(time.perf_counter() - start, 1)})
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

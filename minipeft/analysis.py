@@ -49,11 +49,11 @@ _LAYER = re.compile(r"transformer\.h\.(\d+)\.(.+)$")
 
 # ====================================================================== helpers
 def _new_figure(width: float, height: float):
-    """A Figure on its own Agg canvas (savefig works; pyplot and the backend are untouched)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
+    """The project's Figure on its own Agg canvas (train.plots.new_figure: savefig works,
+    pyplot and the backend are untouched), laid out by matplotlib's constrained layout."""
+    from .train.plots import new_figure
+    fig = new_figure(width, height)
+    fig.set_layout_engine("constrained")
     return fig
 
 

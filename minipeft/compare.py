@@ -113,7 +113,7 @@ class CompareConfig:
                                      if name == "steps" else "."))
 
 
-QUICK = dict(steps=10, n_train=200, n_eval=8, n_val=8, max_new_tokens=24, eval_points=2)
+QUICK = dict(steps=10, batch_size=4, n_train=200, n_eval=8, n_val=8, max_new_tokens=24, eval_points=1)
 
 
 def check_methods(methods) -> list[str]:

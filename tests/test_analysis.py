@@ -272,3 +272,21 @@ def test_plots_do_not_touch_pyplot():
         assert "matplotlib.pyplot" not in sys.modules
     else:
         assert matplotlib.get_backend() == backend
+
+
+def test_readme_analysis_example_runs(tmp_path):
+    """The README's analysis example (two LoRA ranks trained 60 steps each) runs as printed."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                if "analysis.subspace_similarity(A2, A8" in b)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert 0 <= float(lines[0]) <= 1 and lines[1] == "(2, 8)"
+    assert lines[2].startswith("[8 8 8 8]")                         # random-ish A, B: full rank 8
+    assert (tmp_path / "phi.png").is_file()
