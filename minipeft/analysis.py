@@ -153,7 +153,6 @@ def lora_delta_weights(model, adapter_name: str | None = None, part: str | None 
     or for DoRA the merged weight minus W0 (m ⊙ (W0 + s(BA)ᵀ) / ‖·‖_c − W0). ``part``:
     only the q, k or v columns of c_attn (the paper studies W_q and W_v)."""
     from .peft import lora as twin
-    from .peft.lora_model import lora_parts
     name = _lora_adapter(model, adapter_name)
     cfg, C = model.peft_config[name], model.config.n_embd
     if model.merged:
@@ -163,7 +162,7 @@ def lora_delta_weights(model, adapter_name: str | None = None, part: str | None 
     for key, t in model.lora[name].items():
         W0 = model.params[f"{key}.weight"]
         dW = np.zeros(W0.shape, dtype=np.float64)
-        for prefix, cols in lora_parts(cfg, key, W0.shape[1], C):
+        for prefix, cols in _lora_parts(t, C):
             A, B = t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"]
             merged, _ = twin.merge_weight(W0[:, cols].astype(np.float64), A.astype(np.float64),
                                           B.astype(np.float64), cfg.scaling,
@@ -178,6 +177,17 @@ def lora_delta_weights(model, adapter_name: str | None = None, part: str | None 
         raise ConfigError(f"part={part!r} needs LoRA on attn.c_attn; this adapter targets "
                           f"{sorted(model.lora[name])}.")
     return out
+
+
+def _lora_parts(tensors: dict, C: int):
+    """(name prefix, output columns) of each LoRA of one module, read from its tensors'
+    names: "lora_A.weight" covers the whole layer, "q.lora_A.weight" (enable_lora) the q
+    columns of c_attn, and so on."""
+    parts = []
+    for prefix in ("", *(f"{p}." for p in PARTS)):
+        if f"{prefix}lora_A.weight" in tensors:
+            parts.append((prefix, slice(None) if not prefix else _columns("attn.c_attn", prefix[0], C)))
+    return parts
 
 
 def weight_deltas(model, base, modules=MODULES, part: str | None = None) -> dict:
