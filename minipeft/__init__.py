@@ -8,6 +8,7 @@ from .peft import (BottleneckConfig, BottleneckModel, IA3Config, IA3Model, LoraC
                    PeftModel, PrefixTuningConfig, PrefixTuningModel, PromptTuningConfig,
                    PromptTuningModel, get_peft_model)
 from .tokenizer import load_tokenizer
+from . import analysis, compare          # minipeft.analysis.*, minipeft.compare.run after `import minipeft`
 
 __version__ = "0.1.0"
 
