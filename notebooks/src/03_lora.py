@@ -97,7 +97,9 @@ plt.legend(); plt.grid(alpha=0.3); plt.show()
 # ## A rank sweep on the restaurant task
 #
 # The same budget for every r, α = 32 fixed as the paper does, LoRA on every linear layer.
-# Trainable parameters grow linearly with r; does the result?
+# Trainable parameters grow linearly with r; does the result? (100 steps are a third of the
+# quick tour's 300: exact match, all or nothing per sentence, stays near zero; the held-out
+# loss and the slot error show the differences.)
 
 # %%
 from minipeft.demo import greedy_completions, one_line
