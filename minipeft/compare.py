@@ -25,8 +25,9 @@ before the method's model is loaded, the peak is reset just before the first ste
 that step's peak is reported — weights, adapter, AdamW's moments (made with the
 optimiser), gradients and the step's activations together. BLAS's own scratch
 buffers are not seen (the same for every method). At this model's size a child
-process's peak RSS (as ``minipeft bench`` reads it for the 124M shape) would be
-dominated by the interpreter and Numba, ~150 MiB, against ~20 MiB of training.
+process's peak RSS (as ``minipeft bench`` reads it for the 124M shape) would mostly
+measure the interpreter, NumPy and Numba (~170 MiB resident after one forward pass of
+the bundled model, against 55-110 MiB that training adds).
 The traced step is slower, so it is left out of seconds per step.
 
 Output (``--out``, never a non-empty folder unless ``overwrite``), written into a temp
