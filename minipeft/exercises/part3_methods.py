@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import ops
 from ..peft import bottleneck, ia3, prompt
-from ..peft.bottleneck_model import BottleneckConfig
+from ..peft.bottleneck_config import BottleneckConfig
 from .core import Exercise, Misconception, fd_errors, shape_error_hint, torch_errors
 from .part1_ops import _softmax
 

@@ -11,10 +11,19 @@ One forward pass, top to bottom:
 For generation, `forward` also takes a KV cache (`past_key_values`): the keys and
 values of the tokens already seen, so that each new token runs alone (generate.py).
 
-`backward` walks the same lines bottom to top. Every linear layer goes through
-`_linear` / `_linear_backward` with its checkpoint name, the one place where PEFT
-methods hook in. The only state shared between forward and backward is the
-returned cache; weight gradients are computed only for `trainable` names.
+`backward` walks the same lines bottom to top. PEFT methods change the model only
+through hooks, each with its backward, and every method runs this one forward:
+
+    _linear / _linear_backward          every linear layer, by checkpoint name (LoRA, IA3)
+    _residual / _residual_backward      the two residual additions of a block (bottleneck)
+    _embed / _embed_backward            the embedding; virtual tokens first (prompt tuning)
+    _prefix / _prefix_backward          keys/values before the tokens in every layer (prefix)
+    _extra_length, _check_past, _positions   how many entries a method puts before the
+                                        tokens, and where the real tokens then sit
+
+The only state shared between forward and backward is the returned cache: each hook's
+backward reads what its forward kept there, never the model's state at backward time.
+Weight gradients are computed only for `trainable` names.
 """
 from __future__ import annotations
 
@@ -26,11 +35,11 @@ from ..config import GPT2Config
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
 from .. import ops as twins
-from ..ops import (attention_mask_allowed, cross_entropy_forward, embedding_backward, embedding_forward,
-                   residual_backward, residual_forward, shift_labels)
+from ..ops import (IGNORE_INDEX, attention_mask_allowed, cross_entropy_forward, embedding_backward,
+                   embedding_forward, residual_backward, residual_forward, shift_labels)
 from .generate import generate as _generate
-from .inputs import (check_attention_mask, check_input_ids, check_labels, check_past_key_values,
-                     check_position_ids)
+from .inputs import (_as_int_array, check_attention_mask, check_input_ids, check_labels,
+                     check_past_key_values, check_position_ids)
 
 DTYPES = (np.float32, np.float64)
 
@@ -46,8 +55,6 @@ NO_PAST_BACKWARD = ("backward through a KV cache is not supported: run forward o
 
 class GPT2:
     """GPT2LMHeadModel in NumPy. ``params`` uses its state-dict names, Conv1D [in, out]."""
-
-    _trains_past = False     # prefix tuning sets it: its past keys/values get gradients
 
     def __init__(self, config: GPT2Config, params: dict[str, np.ndarray], trainable=None):
         if not isinstance(config, GPT2Config):
@@ -136,21 +143,39 @@ class GPT2:
         ``attention_mask`` then covers past + new tokens, (B, T_past + T). With
         ``use_cache`` the cache returns ``present_key_values``: past + new, (B, NH, T_past + T, hs).
         ``backward`` needs a forward without ``past_key_values``.
+
+        A PEFT method may put P entries before the tokens, through the hooks below: virtual
+        tokens (prompt tuning, ``_embed``) or keys/values (prefix tuning, ``_prefix``). They
+        count in the KV cache, not in ``attention_mask`` or the logits, which cover the real
+        tokens only.
         """
+        logits, cache = self._forward(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        P = cache["virtual_tokens"]
+        return (logits[:, P:] if P else logits), cache                  # (B, T, V) the real tokens
+
+    def _forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                 use_cache=False):
+        """forward, with the logits of any virtual tokens too: (B, P + T, V)."""
         cfg = self.config
         ids = check_input_ids(input_ids, cfg.vocab_size, cfg.n_positions)
-        T = ids.shape[1]
-        past = check_past_key_values(past_key_values, ids.shape, cfg, self.dtype)  # T_past (0: none)
-        mask = check_attention_mask(attention_mask, ids.shape, past)    # (B, T_past + T) or None
-        pos = check_position_ids(position_ids, ids.shape, cfg.n_positions)
-        if pos is None:
-            pos = np.arange(past, past + T)[None, :]                    # (1, T)
-        x, emb_cache = self._embed(ids, pos)                            # (B, T, C)
-        return self._forward_embedded(x, emb_cache, mask, past_key_values, use_cache)
+        B, T = ids.shape
+        seen = self._check_past(past_key_values, ids.shape)            # real tokens in the KV cache
+        mask = check_attention_mask(attention_mask, ids.shape, seen)    # (B, seen + T) or None
+        P = self._extra_length()                                        # a method's entries first
+        if mask is not None and P:
+            mask = np.concatenate([np.ones((B, P), dtype=bool), mask], axis=1)  # (B, P + seen + T)
+        pos = self._positions(position_ids, ids.shape, seen)            # (B|1, T) rows of wpe
+        x, emb_cache = self._embed(ids, pos, first=past_key_values is None)  # (B, [P +] T, C)
+        prefix_cache = None
+        if past_key_values is None:
+            past_key_values, prefix_cache = self._prefix(B)             # prefix tuning: (k, v) per layer
+        logits, cache = self._forward_embedded(x, emb_cache, mask, past_key_values, use_cache)
+        cache["virtual_tokens"] = x.shape[1] - T                        # P virtual tokens in x, or 0
+        cache["prefix"] = prefix_cache                                  # what _prefix_backward needs
+        return logits, cache
 
     def _forward_embedded(self, x, emb_cache, mask, past_key_values=None, use_cache=False):
-        """The blocks, ln_f and the lm_head on embedded inputs x (B, T, C): -> (logits, cache).
-        Prompt tuning enters here with its virtual tokens already in x."""
+        """The blocks, ln_f and the lm_head on embedded inputs x (B, T, C): -> (logits, cache)."""
         cfg, P = self.config, self.params
         T = x.shape[1]
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
@@ -171,14 +196,15 @@ class GPT2:
             "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
             "xf": xf,                    # (B, T, C) input of the lm_head
             "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
-            "past_length": past,         # T_past: backward needs 0 (or a trainable prefix)
+            "past_length": past,         # T_past: backward needs 0 (or a method's prefix)
         }
         if use_cache:                    # L pairs (B, NH, T_past + T, hs)
             cache["present_key_values"] = [c["present"] for c in layer_caches]
         return logits, cache
 
-    def _embed(self, ids, pos):
-        """Token + position embedding (prompt tuning overrides it): -> (x (B, T, C), cache)."""
+    def _embed(self, ids, pos, first=True):
+        """Token + position embedding: -> (x (B, T, C), cache). Prompt tuning puts its virtual
+        tokens first when ``first`` (no KV cache yet): x (B, P + T, C)."""
         return embedding_forward(ids, self.params["transformer.wte.weight"],
                                  self.params["transformer.wpe.weight"], pos)
 
@@ -244,8 +270,27 @@ class GPT2:
         """-> (dx, dfx)."""
         return residual_backward(dout, cache)
 
-    def _past_backward(self, i: int, dk_past, dv_past, grads):
-        """Gradients reaching the past keys and values of layer ``i`` (prefix tuning trains them)."""
+    def _extra_length(self) -> int:
+        """P: the entries a method puts before the tokens in every layer's keys (prefix or
+        prompt tuning); 0 for GPT-2. The attention mask gets P ones in front."""
+        return 0
+
+    def _check_past(self, past_key_values, shape) -> int:
+        """The KV cache checked for input_ids of ``shape``: -> the real tokens it holds."""
+        return check_past_key_values(past_key_values, shape, self.config, self.dtype)
+
+    def _positions(self, position_ids, shape, seen: int):
+        """The real tokens' rows of wpe (B|1, T): given, or seen .. seen + T - 1."""
+        pos = check_position_ids(position_ids, shape, self.config.n_positions)
+        return np.arange(seen, seen + shape[1])[None, :] if pos is None else pos
+
+    def _prefix(self, batch_size: int):
+        """Keys/values a method puts before the tokens when no KV cache is given (prefix
+        tuning): -> (per layer (k, v) (B, NH, P, hs), cache for _prefix_backward), or (None, None)."""
+        return None, None
+
+    def _prefix_backward(self, dpast, cache, grads):
+        """Backward of ``_prefix``: ``dpast`` per layer (dk, dv) (B, NH, P, hs)."""
         raise InputError(NO_PAST_BACKWARD)
 
     def _embed_backward(self, dx, cache, dwte, grads):
@@ -262,16 +307,24 @@ class GPT2:
         if not isinstance(cache, dict) or "xf" not in cache:
             raise InputError("backward needs the cache of forward: logits, cache = model.forward(ids); "
                              "grads = model.backward(dlogits, cache).")
-        if cache.get("past_length", 0) and not self._trains_past:
+        dlogits, V = np.asarray(dlogits, dtype=self.dtype), cfg.vocab_size
+        B, PT, _ = cache["xf"].shape
+        Pv = cache.get("virtual_tokens", 0)                             # no loss on virtual tokens
+        if dlogits.shape != (B, PT - Pv, V):
+            raise InputError(f"dlogits has shape {dlogits.shape}, but the forward that made this "
+                             f"cache gave logits {(B, PT - Pv, V)}; pass the gradient "
+                             "of the loss with respect to those logits.")
+        if Pv:
+            dlogits = np.concatenate([np.zeros((B, Pv, V), self.dtype), dlogits], axis=1)
+        return self._backward(dlogits, cache)
+
+    def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
+        """backward from the logits of every position, virtual tokens included (B, P + T, V)."""
+        cfg, P, V = self.config, self.params, self.config.vocab_size
+        if cache.get("past_length", 0) and cache.get("prefix") is None:
             raise InputError(NO_PAST_BACKWARD)
         grads: dict[str, np.ndarray] = {}
         wte = P["transformer.wte.weight"]
-        dlogits = np.asarray(dlogits, dtype=self.dtype)
-        V = cfg.vocab_size
-        if dlogits.shape != cache["xf"].shape[:-1] + (V,):
-            raise InputError(f"dlogits has shape {dlogits.shape}, but the forward that made this "
-                             f"cache gave logits {cache['xf'].shape[:-1] + (V,)}; pass the gradient "
-                             "of the loss with respect to those logits.")
         # logits = xf @ wte.T
         dxf = (dlogits.reshape(-1, V) @ wte).reshape(cache["xf"].shape)  # (B, T, C)
         dwte = None
@@ -281,14 +334,18 @@ class GPT2:
         dx, dg, db = self.ops.layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
         self._put(grads, "transformer.ln_f.weight", dg)
         self._put(grads, "transformer.ln_f.bias", db)
+        dpast = [None] * cfg.n_layer
         for i in reversed(range(cfg.n_layer)):
-            dx = self._block_backward(i, dx, cache["layers"][i], grads)
+            dx, dpast[i] = self._block_backward(i, dx, cache["layers"][i], grads)
+        if cache.get("prefix") is not None:                             # the keys/values of _prefix
+            self._prefix_backward(dpast, cache["prefix"], grads)
         # x = wte[ids] + wpe[pos]
         self._embed_backward(dx, cache["embedding"], dwte, grads)
         return grads
 
     def _block_backward(self, i: int, dout, c, grads):
-        """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C)."""
+        """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C), and (dk, dv) of the
+        past keys/values (B, NH, T_past, hs) when there are (a prefix), else None."""
         cfg, h = self.config, f"transformer.h.{i}"
         # x3 = x2 + m
         dx2, dm = self._residual_backward(f"{h}.mlp", dout, c["mlp.residual"], grads)
@@ -307,9 +364,9 @@ class GPT2:
         # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split_heads(c_attn(ln1))
         dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)   # (B, T, C)
         dq, dk, dv = self._attention_backward(i, ops.merge_heads_backward(dy, cfg.n_head), c["attn"])
-        past = c["past_length"]
-        if past:                                                        # a trainable prefix
-            self._past_backward(i, dk[:, :, :past], dv[:, :, :past], grads)
+        past, dpast = c["past_length"], None
+        if past:                                                        # a prefix: its own gradients
+            dpast = (dk[:, :, :past], dv[:, :, :past])
             dk, dv = dk[:, :, past:], dv[:, :, past:]
         dln1 = self._linear_backward(f"{h}.attn.c_attn", ops.split_heads_backward(dq, dk, dv),
                                      c["attn.c_attn"], grads)
@@ -317,7 +374,7 @@ class GPT2:
         dx_ln, dgam, dbeta = ops.layernorm_backward(dln1, c["ln_1"], self._needs(f"{h}.ln_1"))
         self._put(grads, f"{h}.ln_1.weight", dgam)
         self._put(grads, f"{h}.ln_1.bias", dbeta)
-        return dx + dx_ln
+        return dx + dx_ln, dpast
 
     def _linear_backward(self, name: str, dout, cache, grads):
         """Backward of ``_linear``: -> dx; weight gradients go into ``grads``."""
@@ -337,17 +394,28 @@ class GPT2:
 
     # ---------------------------------------------------------------- loss
     def loss_and_grads(self, input_ids, labels, attention_mask=None):
-        """Next-token loss (labels shifted inside, -100 ignored, mean) and its gradients."""
-        ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
-        labels = check_labels(labels, ids.shape, self.config.vocab_size)
-        logits, cache = self.forward(ids, attention_mask)
+        """Next-token loss (labels shifted inside, -100 ignored, mean) and its gradients.
+        Virtual tokens (prompt tuning) get label -100, as peft pads them: the last one is
+        scored on the first real token."""
+        logits, cache = self._forward(input_ids, attention_mask)        # (B, P + T, V)
+        labels = self._labels(labels, logits.shape[:2], cache["virtual_tokens"])
         loss, dlogits = self.ops.cross_entropy(logits, shift_labels(labels))  # kernel: in place
         del logits
-        return loss, self.backward(dlogits, cache)
+        return loss, self._backward(dlogits, cache)
 
     def loss(self, input_ids, labels, attention_mask=None) -> float:
         """The loss alone (no gradients)."""
-        ids = check_input_ids(input_ids, self.config.vocab_size, self.config.n_positions)
-        labels = check_labels(labels, ids.shape, self.config.vocab_size)
-        logits, _ = self.forward(ids, attention_mask)
+        logits, cache = self._forward(input_ids, attention_mask)
+        labels = self._labels(labels, logits.shape[:2], cache["virtual_tokens"])
         return cross_entropy_forward(logits, shift_labels(labels))[0]
+
+    def _labels(self, labels, shape, P: int):
+        """labels (B, T), checked -> (B, P + T) with -100 for the P virtual tokens."""
+        V, (B, PT) = self.config.vocab_size, shape
+        if not P:
+            return check_labels(labels, shape, V)
+        lab = _as_int_array(labels, "labels")
+        if lab.shape != (B, PT - P):
+            check_labels(lab, (B, PT - P), V)                           # says what is wrong
+        lab = np.concatenate([np.full((B, P), IGNORE_INDEX), lab], axis=1)
+        return check_labels(lab, lab.shape, V)

@@ -25,13 +25,17 @@
     prompt_model.py PromptTuningConfig, PromptTuningModel: forward, loss, generate, saving
 """
 from .base import PeftModel
-from .bottleneck_model import BottleneckConfig, BottleneckModel
-from .ia3_model import IA3Config, IA3Model
+from .bottleneck_config import BottleneckConfig
+from .bottleneck_model import BottleneckModel          # each *_model module registers its method
+from .ia3_config import IA3Config
+from .ia3_model import IA3Model
 from .lora_config import LoraConfig
 from .lora_model import LoraModel
 from .mapping import get_peft_model
-from .prefix_model import PrefixTuningConfig, PrefixTuningModel
-from .prompt_model import PromptTuningConfig, PromptTuningModel
+from .prefix_config import PrefixTuningConfig
+from .prefix_model import PrefixTuningModel
+from .prompt_config import PromptTuningConfig
+from .prompt_model import PromptTuningModel
 
 __all__ = ["BottleneckConfig", "BottleneckModel",
            "IA3Config", "IA3Model", "LoraConfig", "LoraModel", "PeftModel",

@@ -5,15 +5,30 @@ GPT2's hooks (model/gpt2.py):
 
     _linear / _linear_backward            LoRA, DoRA (lora_model.py), IA3 (ia3_model.py)
     _residual / _residual_backward        bottleneck adapters (bottleneck_model.py)
-    _past_backward (+ past_key_values)    prefix tuning (prefix_model.py)
-    _embed / _embed_backward              prompt tuning (prompt_model.py)
+    _prefix / _prefix_backward            prefix tuning (prefix_model.py): keys/values before the tokens
+    _virtual_tokens, _embed / _embed_backward   prompt tuning (prompt_model.py)
 
-Each method is a subclass of PeftModel that overrides its hooks and says how its
-tensors are made, named, saved and loaded. This class holds the rest: the frozen
-base (shared with the model given to get_peft_model, as peft injects in place),
-adapter names, train/eval, ``disable_adapter``, counting, and saving in peft's
-format. ``PeftModel.from_pretrained`` reads ``peft_type`` from the saved config and
-builds the matching subclass, as ``peft.PeftModel.from_pretrained`` does.
+Each method is a subclass of PeftModel that registers itself (mapping.register_peft_method)
+and gives, as its contract:
+
+    config_class                    its config dataclass (with ``peft_type``)
+    _stores                         the dicts adapter name -> state it keeps; the first holds
+                                    the adapter's tensors as a tree {module: {tensor: array}}
+                                    (or {tensor: array}, or one array), whose paths joined by
+                                    "." after ``_saved_prefix`` are peft's saved keys
+    _init_state()                   create those dicts (empty)
+    add_adapter(name, config, seed) make one adapter's tensors; ``_register`` keeps them
+    its hooks                       forward and backward; each backward reads its cache only
+    _saved_shapes(config, model)    {saved key: shape} a saved adapter must have
+
+and overrides, where its file differs from its tensors, ``_adapter_state`` (what is
+saved), ``_read_state`` / ``_load_weights`` (what is loaded) and ``_as_loaded``.
+This class holds the rest, written once: the frozen base (shared with the model given to
+get_peft_model, as peft injects in place), adapter names, train/eval, ``disable_adapter``,
+counting, ``astype``, saving in peft's format (io.py) and ``from_pretrained``, which reads
+``peft_type`` from the saved config and builds the registered subclass, as
+``peft.PeftModel.from_pretrained`` does. ``MergeMixin`` holds peft's merging protocol for
+the methods that fold into the weights (LoRA, IA3).
 
 Names of trainable tensors are the keys of peft's saved state dict, so that
 ``trainable_parameters()``, ``loss_and_grads``'s grads and the saved file agree.
@@ -22,8 +37,7 @@ What every method needs once, for every way in, lives here too: ``check_adapter_
 (an adapter name becomes a folder name when saved), ``check_fits`` (an adapter's size,
 before anything is allocated), ``_check_new_adapter`` (peft's rule of one adapter with
 bias; the config's values checked again) and ``_init_rng`` (an adapter added without a
-seed draws its own random start). ``MergeMixin`` holds peft's merging protocol for the
-methods that fold into the weights (LoRA, IA3).
+seed draws its own random start).
 """
 from __future__ import annotations
 
@@ -39,6 +53,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..model.gpt2 import GPT2
 from .config_base import check_values
+from .io import check_state, read_adapter, save_adapters
+from .mapping import model_class_for
 
 PREFIX = "base_model.model."
 NAME_MAX = 255                     # bytes in one folder name on Linux, macOS and Windows
@@ -113,11 +129,30 @@ def _size(n: int) -> str:
         x /= 1024
 
 
+def _flatten(tree, key: str):
+    """(saved key, array) for every array in a tree of dicts: the path joined by "." after ``key``."""
+    if isinstance(tree, np.ndarray):
+        yield key, tree
+        return
+    for name, sub in tree.items():
+        yield from _flatten(sub, f"{key}{name}" if not key or key.endswith(".") else f"{key}.{name}")
+
+
+def _tree_map(tree, fn):
+    """The same tree of dicts with ``fn`` applied to every array (sets and lists copied)."""
+    if isinstance(tree, np.ndarray):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _tree_map(v, fn) for k, v in tree.items()}
+    return type(tree)(tree)
+
+
 class PeftModel(GPT2):
     """A frozen GPT2 with one or more adapters of one PEFT method (see the subclasses)."""
 
     config_class: type = None          # the method's config class (LoraConfig, IA3Config, ...)
-    _stores: tuple = ()                # the dicts adapter name -> tensors (made in _init_state)
+    _stores: tuple = ()                # the dicts adapter name -> state (made in _init_state); [0]: tensors
+    _saved_prefix: str = PREFIX        # what the saved keys of the tensors start with
 
     def __init__(self, model: GPT2, config, adapter_name: str = "default", seed: int = 0):
         if not isinstance(model, GPT2) or isinstance(model, PeftModel):
@@ -218,8 +253,8 @@ class PeftModel(GPT2):
         return self.peft_config[self.active_adapter]
 
     def _adapter_arrays(self, adapter_name: str) -> dict[str, np.ndarray]:
-        """{peft key: array} of one adapter's own tensors (subclasses)."""
-        raise NotImplementedError
+        """{saved key: live array} of one adapter's own tensors: the first store's tree, flattened."""
+        return dict(_flatten(getattr(self, self._stores[0])[adapter_name], self._saved_prefix))
 
     # ------------------------------------------------------------ parameters
     def trainable_parameters(self) -> dict[str, np.ndarray]:
@@ -241,9 +276,9 @@ class PeftModel(GPT2):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
 
-    def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
-        grads = super().backward(dlogits, cache)
-        return {} if self.active_peft_config.inference_mode else grads
+    def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
+        grads = super()._backward(dlogits, cache)
+        return {} if cache.get("inference_mode") else grads
 
     # ------------------------------------------------------------ modes
     def train(self, mode: bool = True, seed: int | None = None):
@@ -281,12 +316,19 @@ class PeftModel(GPT2):
         self.base_model.take_ops_choice(self)
         return self.base_model
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False):
+    def _forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                 use_cache=False):
         if not self.peft_config:
             raise ConfigError("this PeftModel has no adapter left; add_adapter one.")
-        return super().forward(input_ids, attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache)
+        logits, cache = super()._forward(input_ids, attention_mask, position_ids, past_key_values,
+                                         use_cache)
+        cache["inference_mode"] = self.active_peft_config.inference_mode   # backward gives no grads
+        return logits, cache
+
+    @property
+    def _adapting(self) -> bool:
+        """Does the active adapter run now (not disabled, one left)?"""
+        return not self._disabled and bool(self.peft_config)
 
     def astype(self, dtype) -> "PeftModel":
         """A copy in float32 or float64, base and adapters alike (float64 for checks)."""
@@ -299,8 +341,9 @@ class PeftModel(GPT2):
         return new
 
     def _astype_adapters(self, dtype):
-        """Replace this copy's adapter tensors by new arrays of ``dtype`` (subclasses)."""
-        raise NotImplementedError
+        """Give this copy its own stores, every adapter tensor a new array of ``dtype``."""
+        for store in self._stores:
+            setattr(self, store, _tree_map(getattr(self, store), lambda a: a.astype(dtype)))
 
     # ------------------------------------------------------------ saving
     def _adapter_state(self, adapter_name: str) -> tuple[dict, dict]:
@@ -310,20 +353,25 @@ class PeftModel(GPT2):
         return d, self._adapter_arrays(adapter_name)
 
     @classmethod
-    def _read_state(cls, config, raw: dict, model: GPT2, path) -> dict:
-        """Check the saved tensors ``raw`` against ``config`` and ``model``: -> the tensors
-        to load, in the model's dtype (subclasses; see io.check_state)."""
+    def _saved_shapes(cls, config, model: GPT2) -> dict[str, tuple]:
+        """{saved key: shape} of the tensors an adapter of ``config`` on ``model`` saves (subclasses)."""
         raise NotImplementedError
 
+    @classmethod
+    def _read_state(cls, config, raw: dict, model: GPT2, path) -> dict:
+        """Check the saved tensors ``raw`` against ``config`` and ``model``: -> the tensors
+        to load, in the model's dtype, by saved key (io.check_state)."""
+        return check_state(raw, cls._saved_shapes(config, model), path, model)
+
     def _load_weights(self, adapter_name: str, weights: dict, config):
-        """Copy the tensors of ``_read_state`` into the new adapter (subclasses)."""
-        raise NotImplementedError
+        """Copy the tensors of ``_read_state`` into the new adapter's arrays."""
+        for key, arr in self._adapter_arrays(adapter_name).items():
+            arr[...] = weights[key]
 
     def save_pretrained(self, folder, selected_adapters=None):
         """peft's format: adapter_config.json + adapter_model.safetensors per adapter
         ("default" in ``folder``, others in ``folder/<name>``; every name is checked by
         check_adapter_name, so nothing is written outside ``folder``)."""
-        from .io import save_adapters
         if isinstance(selected_adapters, str):
             raise ConfigError(f"selected_adapters must be a list of adapter names, e.g. "
                               f"[{selected_adapters!r}], got the string {selected_adapters!r}.")
@@ -341,13 +389,11 @@ class PeftModel(GPT2):
         """Load an adapter saved by peft or minipeft onto ``model`` (for inference unless
         ``is_trainable``, as peft). ``PeftModel.from_pretrained`` picks the method from
         the saved config's ``peft_type``."""
-        from .io import read_adapter
-        from .mapping import MODEL_FOR_CONFIG
         check_adapter_name(adapter_name)
         if not isinstance(is_trainable, bool):
             raise ConfigError(f"is_trainable must be True or False, got {is_trainable!r}.")
         config, raw, path = read_adapter(folder)
-        model_cls = MODEL_FOR_CONFIG[type(config)]
+        model_cls = model_class_for(config)
         if not issubclass(model_cls, cls):
             raise ConfigError(f"{folder} holds a {config.peft_type} adapter; load it with "
                               f"PeftModel.from_pretrained or {model_cls.__name__}.from_pretrained.")
@@ -358,7 +404,6 @@ class PeftModel(GPT2):
 
     def load_adapter(self, folder, adapter_name: str, is_trainable: bool = False):
         """Load another saved adapter (of this model's method) under ``adapter_name``."""
-        from .io import read_adapter
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists; delete_adapter it first "
@@ -405,6 +450,16 @@ class MergeMixin:
 
     merged: list
     _unmerge_data: dict
+
+    def _init_state(self):
+        self.merged: list[str] = []                   # adapters merged into the base weights, in order
+        self._unmerge_data: dict = {}                 # (adapter, module) -> what unmerging needs
+        super()._init_state()
+
+    def _astype_adapters(self, dtype):
+        super()._astype_adapters(dtype)
+        self.merged = list(self.merged)
+        self._unmerge_data = {k: v.astype(dtype) for k, v in self._unmerge_data.items()}
 
     def _check_mergeable(self, adapter_name: str):
         """Refuse, in merge_adapter, an adapter that could not be unmerged (subclasses)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
 from ..io.jsonfile import json_type_name, read_json
+from .mapping import config_class_for
 
 PEFT_VERSION = "0.21.2"            # the peft whose format minipeft writes and is tested against
 AUTO_MAPPING = {"base_model_class": "GPT2LMHeadModel",
@@ -194,7 +195,6 @@ def read_config(path):
     missing, as in peft's oldest files). Every way the file can be malformed (not JSON,
     nested too deep, giant integers, not an object, fields of the wrong type) ends as one
     ConfigError that names the file and says what to do."""
-    from .mapping import config_class_for
     path = Path(path)
     d = read_json(path, expect=dict, error=AdapterConfigError,
                   fix="Save the adapter again (peft's or minipeft's save_pretrained writes it).")

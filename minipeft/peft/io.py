@@ -6,75 +6,24 @@ no adapter name inside; ``….lora_magnitude_vector`` for DoRA; trained biases a
 any other in ``folder/<name>``, as peft does, so either library reads what the other wrote.
 Saving is all-or-nothing per adapter, config and weights together (see save_adapters and
 io/atomic.py).
-
-LoRA on q/k/v slices of c_attn (``enable_lora``, which peft lacks) is saved in its
-exact peft equivalent: one c_attn LoRA of rank r·(slices) whose A stacks the slices'
-A and whose B is block-shaped with zeros for the slices left out, α scaled to keep s.
-peft, and minipeft, load it back as that plain c_attn LoRA (the zero blocks then train too).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
 
-from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
+from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
 from ..io.atomic import OURS, atomic_folder, atomic_save, read_dir, usual_permissions_one
-from ..io.checkpoint import _read_safetensors
-from .lora_config import LoraConfig
+from ..io.tensors import read_safetensors
+from .config_base import read_config
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
-
-
-def _block_form(config: LoraConfig, tensors: dict, C: int):
-    """enable_lora slices -> (equivalent peft config, tensors) of one c_attn LoRA."""
-    on = [j for j in range(3) if config.enable_lora[j]]
-    r, n = config.r, len(on)
-    out = {}
-    for key, t in tensors.items():
-        if not key.endswith("attn.c_attn"):
-            out[key] = t
-            continue
-        some = t[f"{'qkv'[on[0]]}.lora_A.weight"]
-        A = np.zeros((n * r, some.shape[1]), some.dtype)                 # (n·r, in)
-        B = np.zeros((3 * C, n * r), some.dtype)                         # (3C, n·r)
-        for i, j in enumerate(on):
-            A[i * r:(i + 1) * r] = t[f"{'qkv'[j]}.lora_A.weight"]
-            B[j * C:(j + 1) * C, i * r:(i + 1) * r] = t[f"{'qkv'[j]}.lora_B.weight"]
-        out[key] = {"lora_A.weight": A, "lora_B.weight": B}
-    if any(not k.endswith("attn.c_attn") for k in tensors):
-        raise ConfigError("enable_lora adapters that also target other layers cannot be saved in "
-                          "peft's format (ranks would differ per layer); target c_attn alone.")
-    d = config.to_dict()
-    r_new = n * r
-    d["r"] = r_new
-    d["lora_alpha"] = config.scaling * (math.sqrt(r_new) if config.use_rslora else r_new)
-    return d, out
-
-
-def adapter_state(pm, adapter_name: str) -> tuple[dict, dict]:
-    """-> (peft config dict, {peft key: array}) of one LoRA adapter."""
-    config = pm.peft_config[adapter_name]
-    tensors = pm.lora[adapter_name]
-    if config.enable_lora is not None:
-        d, tensors = _block_form(config, tensors, pm.config.n_embd)
-    else:
-        d = config.to_dict()
-    d["inference_mode"] = True                    # as peft writes it
-    state = {f"{PREFIX}{key}.{name}": arr for key, t in tensors.items() for name, arr in t.items()}
-    if config.bias != "none":
-        modules = pm.lora[adapter_name]
-        names = [k for k in pm.params if k.endswith(".bias")] if config.bias == "all" \
-            else [f"{m}.bias" for m in modules]
-        for name in names:
-            state[pm._peft_bias_name(name)] = pm.params[name]
-    return d, state
 
 
 def _carry_over(folder: Path, tmp: Path) -> None:
@@ -122,10 +71,9 @@ def _holds_only_adapters(folder: Path) -> bool:
 
 def _writers(pm, name: str) -> dict:
     """{file name: write(path)} for adapter ``name``: its safetensors and its config."""
-    from safetensors.numpy import save_file
     d, state = pm._adapter_state(name)
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    return {WEIGHTS_NAME: lambda p: save_file(arrays, str(p), metadata={"format": "pt"}),
+    return {WEIGHTS_NAME: lambda p: safetensors.numpy.save_file(arrays, str(p), metadata={"format": "pt"}),
             CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(d, indent=2) + "\n")}
 
 
@@ -168,7 +116,6 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
 def read_adapter(folder) -> tuple[object, dict, Path]:
     """-> (config of the method in its peft_type, {saved key: array}, weights path), the
     files checked for presence and form; the tensors are checked by the method's model."""
-    from .config_base import read_config
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise WeightsNotFoundError(f"No {CONFIG_NAME} in {folder}: give the folder that "
@@ -182,7 +129,7 @@ def read_adapter(folder) -> tuple[object, dict, Path]:
             if (folder / "adapter_model.bin").is_file() else ""
         hint = hint or " Give the folder that save_pretrained wrote, with both of its files."
         raise WeightsNotFoundError(f"No {WEIGHTS_NAME} in {folder}.{hint}")
-    return config, _read_safetensors(w_path), w_path
+    return config, read_safetensors(w_path), w_path
 
 
 def check_state(raw: dict, expected: dict, w_path, model, optional=()) -> dict:
@@ -207,26 +154,3 @@ def check_state(raw: dict, expected: dict, w_path, model, optional=()) -> dict:
                 f"{model.config.n_embd}) or depth (n_layer={model.config.n_layer}).")
         out[k] = np.asarray(v, dtype=model.dtype)
     return out
-
-
-def read_lora_state(config: LoraConfig, raw: dict, model, w_path) -> dict:
-    """LoRA's saved tensors -> {"<module>.<tensor>": array in the model's dtype}, checked
-    against ``model`` (its size, its layers) before anything is loaded."""
-    from .lora_model import lora_parts, target_keys
-    # the tensors this config needs on this model, with their shapes
-    expected = {}
-    for key in target_keys(config, model.config):
-        W = model.params[f"{key}.weight"]
-        for prefix, cols in lora_parts(config, key, W.shape[1], model.config.n_embd):
-            n_out = cols.stop - cols.start
-            expected[f"{key}.{prefix}lora_A.weight"] = (config.r, W.shape[0])
-            expected[f"{key}.{prefix}lora_B.weight"] = (n_out, config.r)
-        if config.use_dora:
-            expected[f"{key}.lora_magnitude_vector"] = (W.shape[1],)
-    # saved keys -> module names; trained biases may come too (bias="all"/"lora_only")
-    named = {}
-    for k, v in raw.items():
-        name = k[len(PREFIX):] if k.startswith(PREFIX) else k
-        named[name.replace(".base_layer.", ".")] = v
-    biases = {k: model.params[k].shape for k in named if k.endswith(".bias") and k in model.params}
-    return check_state(named, expected, w_path, model, optional=biases)

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from ..config import refuse_unknown_fields
 from ..errors import ConfigError
 from .config_base import AUTO_MAPPING, checked_config, from_peft_dict, peft_dict
+from .lora import lora_scaling
+from .targets import LINEAR_MODULES, QKV
+from .targets import parts as target_parts
+from .targets import target_keys as match_targets
 
-LINEAR_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 INITS = (True, False, "gaussian", "pissa", "pissa_niter_K", "olora")
 
 
@@ -152,8 +155,12 @@ class LoraConfig:
 
     @property
     def scaling(self) -> float:
-        from .lora import lora_scaling
         return lora_scaling(self.lora_alpha, self.r, self.use_rslora)
+
+    @property
+    def qkv_slices(self) -> list[str] | None:
+        """enable_lora as the names of the slices it enables (["q", "v"]), or None."""
+        return None if self.enable_lora is None else [s for s, on in zip(QKV, self.enable_lora) if on]
 
     # ------------------------------------------------------------ peft's json form
     def to_dict(self) -> dict:
@@ -176,3 +183,19 @@ class LoraConfig:
             # the init only matters when the adapter is created; a saved one is already trained
             kwargs["init_lora_weights"] = True
         return cls(**kwargs)
+
+
+def target_keys(config: LoraConfig, model_config) -> list[str]:
+    """The module names (``transformer.h.0.attn.c_attn``, …) a config targets, as peft matches them."""
+    t = config.target_modules if config.target_modules is not None else ["c_attn"]  # peft's GPT-2 default
+    found = match_targets(t, model_config, config.layers_to_transform)
+    if config.enable_lora is not None and not any(k.endswith("attn.c_attn") for k in found):
+        raise ConfigError("enable_lora picks q/k/v slices of c_attn, but c_attn is not targeted: "
+                          "add 'c_attn' to target_modules, or leave enable_lora None.")
+    return found
+
+
+def lora_parts(config: LoraConfig, key: str, n_out: int, C: int):
+    """(name prefix, output columns) of each LoRA on module ``key``: the whole layer,
+    or the enabled q/k/v slices of c_attn (each C wide)."""
+    return target_parts(key, n_out, C, config.qkv_slices)

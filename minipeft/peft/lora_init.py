@@ -28,12 +28,13 @@ weight w_i and scaling s_i inside A (or B A).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
-from minipeft.errors import ConfigError
-from minipeft.peft.lora import lora_scaling
-from minipeft.peft.lora_config import INITS as SUPPORTED_INITS   # the one list, LoraConfig's
+from ..errors import ConfigError
+from .lora import lora_scaling
+from .lora_config import INITS as SUPPORTED_INITS   # the one list, LoraConfig's
 SUPPORTED_COMBINATIONS = ("linear", "cat", "svd")
 # peft's other merges prune by magnitude (ties, magnitude_prune) or by random masks
 # (dare_*), a different code path; minipeft does not implement them.
@@ -139,6 +140,30 @@ def _olora_init(weight, r, s):
     return A, B, (W - s * (B @ A)).T                         # new base (in, out)
 
 
+def check_combination(adapters, weights, svd_rank=None, svd_clamp=None) -> None:
+    """add_weighted_adapter's arguments, before anything is combined: lists of adapter
+    names and of finite weights, one per adapter; svd_rank > 0 or None; svd_clamp in [0, 1]."""
+    if isinstance(adapters, str) or not isinstance(adapters, (list, tuple)) or not adapters \
+            or not isinstance(weights, (list, tuple)):
+        raise ConfigError(f"add_weighted_adapter takes lists: adapters=['a', 'b'], weights=[0.5, "
+                          f"0.5]; got adapters={adapters!r}, weights={weights!r}.")
+    if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(
+            svd_rank, numbers.Integral) or svd_rank <= 0):
+        raise ConfigError(f"add_weighted_adapter svd_rank must be a positive integer or None "
+                          f"(None: the largest r of the adapters), got {svd_rank!r}.")
+    if svd_clamp is not None and (isinstance(svd_clamp, bool) or not isinstance(
+            svd_clamp, numbers.Real) or not 0 <= svd_clamp <= 1):
+        raise ConfigError(f"add_weighted_adapter svd_clamp is a quantile in [0, 1] or None, "
+                          f"got {svd_clamp!r}.")
+    if len(weights) != len(adapters):
+        raise ConfigError(f"add_weighted_adapter got {len(adapters)} adapters but "
+                          f"{len(weights)} weights.")
+    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, numbers.Real)
+           or not math.isfinite(w)]
+    if bad:
+        raise ConfigError(f"add_weighted_adapter weights must be finite numbers, got {bad[0]!r}.")
+
+
 def combine_lora(adapters, weights, combination_type="svd", svd_rank=None, svd_clamp=None,
                  svd_full_matrices=True, fan_in_fan_out=True):
     """One layer of peft's add_weighted_adapter -> (A (r', in), B (out, r'), r', lora_alpha').
@@ -204,6 +229,27 @@ def combine_lora(adapters, weights, combination_type="svd", svd_rank=None, svd_c
     if svd_clamp is not None:
         A, B = _clamp_factors(A, B, svd_clamp)
     return A, B, new_rank, new_rank
+
+
+def combine_adapters(loras, configs, weights, combination_type="svd", **svd):
+    """add_weighted_adapter over whole adapters: ``loras`` [{module: {tensor: array}}] with
+    their ``configs`` -> ({module: {"lora_A.weight", "lora_B.weight"}}, r', lora_alpha'),
+    combine_lora on every module any of them adapts."""
+    if any(c.use_dora or c.enable_lora is not None for c in configs):
+        raise ConfigError("add_weighted_adapter combines plain LoRA adapters (no DoRA, no q/k/v slices).")
+    combined, ranks = {}, []
+    for key in sorted({k for lora in loras for k in lora}):
+        parts = [(lora[key]["lora_A.weight"], lora[key]["lora_B.weight"], c.scaling, c.r, c.lora_alpha)
+                 for lora, c in zip(loras, configs) if key in lora]
+        w = [wt for lora, wt in zip(loras, weights) if key in lora]
+        A, B, r_new, alpha_new = combine_lora(parts, w, combination_type, **svd)
+        combined[key] = {"lora_A.weight": A, "lora_B.weight": B}
+        ranks.append(r_new)
+    if len(set(ranks)) > 1:
+        raise ConfigError("add_weighted_adapter: these adapters target different modules, so the "
+                          "combined rank would differ between layers; combine adapters with the "
+                          "same target_modules.")
+    return combined, r_new, alpha_new
 
 
 def _clamp_factors(A, B, quantile):

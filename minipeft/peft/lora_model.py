@@ -1,4 +1,4 @@
-"""LoraModel: a frozen GPT2 whose linear layers carry LoRA adapters.
+"""LoraModel: a frozen GPT2 whose linear layers carry LoRA adapters (the math: lora.py).
 
 GPT2 sends every linear layer through ``_linear`` / ``_linear_backward``; LoraModel
 overrides those two hooks and nothing else, so the forward and backward a reader
@@ -6,77 +6,41 @@ follows in ``model/gpt2.py`` stay the same. The base parameters are shared with 
 model given to ``get_peft_model`` (as peft injects into the model in place); they
 stay frozen except the biases that ``bias="all"`` / ``"lora_only"`` train.
 
+    out = x W + b + s · drop(x) Aᵀ Bᵀ          on each LoRA part (the layer, or q/k/v slices)
+
 Names follow peft's saved state dict: ``base_model.model.<module>.lora_A.weight``,
 ``….lora_B.weight``, ``….lora_magnitude_vector`` (DoRA), ``….base_layer.bias`` for
 the bias of a layer that carries LoRA, ``base_model.model.<name>`` for other biases.
+What a LoRA adapter saves, and how it is read back: lora_io.py.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import numbers
-import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import ConfigError
 from . import lora as twin
 from .base import PREFIX, MergeMixin, PeftModel, check_adapter_name, check_fits
-from .lora_config import LINEAR_MODULES, LoraConfig
-from .lora_init import lora_init
-QKV = ("q", "k", "v")
+from .lora_config import LoraConfig, lora_parts, target_keys
+from .lora_init import check_combination, combine_adapters, lora_init
+from .lora_io import lora_state, read_lora_state
+from .mapping import register_peft_method
 
 
 def _kernels():
-    from ..kernels import lora as kernels
+    from ..kernels import lora as kernels       # Numba loads on first use, not on import minipeft
     return kernels
 
 
-def target_keys(config: LoraConfig, model_config) -> list[str]:
-    """The module names (``transformer.h.0.attn.c_attn``, …) a config targets, as peft matches them."""
-    keys = [f"transformer.h.{i}.{m}" for i in range(model_config.n_layer) for m in LINEAR_MODULES]
-    t = config.target_modules if config.target_modules is not None else ["c_attn"]  # peft's GPT-2 default
-    if t == "all-linear":
-        found = keys
-    elif isinstance(t, str):
-        try:
-            found = [k for k in keys if re.fullmatch(t, k)]
-        except re.error as e:
-            raise ConfigError(f"target_modules {t!r} is not a valid regular expression: {e}.") from None
-        if not found:
-            raise ConfigError(f"target_modules regex {t!r} matches no module; module names look like "
-                              f"'transformer.h.0.attn.c_attn' (layers h.0 .. h.{model_config.n_layer - 1}).")
-    else:
-        found = []
-        for name in t:
-            hits = [k for k in keys if k == name or k.endswith("." + name)]
-            if not hits:
-                raise ConfigError(
-                    f"target module {name!r} is not a linear layer of GPT-2. Choose from "
-                    "'c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj' ('c_proj' means both "
-                    "c_proj layers), or 'all-linear'.")
-            found += hits
-        found = [k for k in keys if k in set(found)]
-    if config.layers_to_transform is not None:
-        bad = [i for i in config.layers_to_transform if i >= model_config.n_layer]
-        if bad:
-            raise ConfigError(f"layers_to_transform {bad} do not exist: the model has layers "
-                              f"0 .. {model_config.n_layer - 1}.")
-        found = [k for k in found if int(k.split(".")[2]) in config.layers_to_transform]
-    if config.enable_lora is not None and not any(k.endswith("attn.c_attn") for k in found):
-        raise ConfigError("enable_lora picks q/k/v slices of c_attn, but c_attn is not targeted: "
-                          "add 'c_attn' to target_modules, or leave enable_lora None.")
-    return found
-
-
-def lora_parts(config: LoraConfig, key: str, n_out: int, C: int):
-    """(name prefix, output columns) of each LoRA on module ``key``: the whole layer,
-    or the enabled q/k/v slices of c_attn (each C wide)."""
-    if config.enable_lora is None or not key.endswith("attn.c_attn"):
-        return [("", slice(0, n_out))]
-    return [(f"{QKV[j]}.", slice(j * C, (j + 1) * C)) for j in range(3) if config.enable_lora[j]]
+class LoraParts(NamedTuple):
+    """What one LoRA layer's backward needs: nothing is read from the model then."""
+    mask: np.ndarray | None       # (N, in) the dropout mask, or None
+    parts: list                   # per part: (prefix, cols, A, B, lora cache, DoRA cache or None)
+    scaling: float                # s of the adapter that ran
 
 
 class LoraModel(MergeMixin, PeftModel):
@@ -86,9 +50,8 @@ class LoraModel(MergeMixin, PeftModel):
     _stores = ("lora",)
 
     def _init_state(self):
+        super()._init_state()
         self.lora: dict[str, dict[str, dict[str, np.ndarray]]] = {}   # adapter -> module -> tensors
-        self.merged: list[str] = []          # adapters merged into the base weights, in order
-        self._unmerge_data: dict[tuple[str, str], np.ndarray] = {}    # DoRA's norms at merge time
 
     # ------------------------------------------------------------ adapters
     def add_adapter(self, adapter_name: str, config: LoraConfig, seed: int | None = None):
@@ -142,49 +105,26 @@ class LoraModel(MergeMixin, PeftModel):
     def _parts(self, config: LoraConfig, key: str):
         return lora_parts(config, key, self.params[f"{key}.weight"].shape[1], self.config.n_embd)
 
-    def _astype_adapters(self, dtype):
-        self.lora = {a: {k: {n: v.astype(dtype) for n, v in t.items()} for k, t in m.items()}
-                     for a, m in self.lora.items()}
-        self.merged = list(self.merged)
-        self._unmerge_data = {k: v.astype(dtype) for k, v in self._unmerge_data.items()}
-
-    # ------------------------------------------------------------ parameters
     def _peft_bias_name(self, name: str) -> str:
         module = name[: -len(".bias")]
         wrapped = any(module in t for t in self.lora.values())
         return f"{PREFIX}{module}.base_layer.bias" if wrapped else PREFIX + name
 
     def trainable_parameters(self) -> dict[str, np.ndarray]:
-        """name -> array (the live arrays: an optimiser updates them in place), peft's names;
-        empty in inference mode or when no adapter is left."""
-        if not self.peft_config or self.active_peft_config.inference_mode:
-            return {}
-        out = {}
-        for key, t in self.lora[self.active_adapter].items():
-            for name, arr in t.items():
-                out[f"{PREFIX}{key}.{name}"] = arr
-        for name in sorted(self.trainable):
-            out[self._peft_bias_name(name)] = self.params[name]
+        """The adapter's tensors and the biases it trains, by peft's names (live arrays)."""
+        out = super().trainable_parameters()
+        if out:
+            out.update({self._peft_bias_name(name): self.params[name] for name in sorted(self.trainable)})
         return out
 
-    def _adapter_arrays(self, adapter_name: str) -> dict[str, np.ndarray]:
-        return {f"{PREFIX}{key}.{name}": arr for key, t in self.lora[adapter_name].items()
-                for name, arr in t.items()}
-
     # ------------------------------------------------------------ forward / backward
-    def _active_lora(self, name):
-        if self._disabled or self.merged:
-            return None
-        return self.lora[self.active_adapter].get(name)
-
     def _linear(self, name: str, x):
         """Base Conv1D, plus s · drop(x) Aᵀ Bᵀ on each LoRA part (and DoRA's terms)."""
         W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
         out, _ = self.ops.linear_forward(x, W, b)                       # (B, T, out), W frozen
-        x_cache = None                                                  # backward needs no x for W
-        t = self._active_lora(name)
+        t = None if self._disabled or self.merged else self.lora[self.active_adapter].get(name)
         if t is None:
-            return out, (x_cache, None)
+            return out, (None, None)                                    # backward needs no x for W
         cfg = self.active_peft_config
         ops = _kernels() if self.use_kernels else twin
         s, x2 = cfg.scaling, x.reshape(-1, x.shape[-1])                 # (N, in)
@@ -196,31 +136,27 @@ class LoraModel(MergeMixin, PeftModel):
         for prefix, cols in self._parts(cfg, name):
             A, B = t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"]
             delta, lc = ops.lora_forward(x2, A, B, s, mask)             # (N, out_part)
+            dc = None
             if "lora_magnitude_vector" in t:
                 norm = ops.dora_weight_norm(W, A, B, s)                 # (out,), a constant
                 base = out2 - b if mask is None else (x2 * mask) @ W    # x W0 without bias
                 delta, dc = ops.dora_forward(base, delta, t["lora_magnitude_vector"], norm)
-                parts.append((prefix, cols, lc, dc))
-            else:
-                parts.append((prefix, cols, lc, None))
+            parts.append((prefix, cols, A, B, lc, dc))
             out2[:, cols] += delta
-        return out, (x_cache, (mask, parts))
+        return out, (None, LoraParts(mask, parts, s))
 
     def _linear_backward(self, name: str, dout, cache, grads):
         """dout (B, T, out) -> dx; LoRA gradients go into ``grads`` under peft's names."""
-        x, lora_cache = cache
         W = self.params[f"{name}.weight"]
         d2 = dout.reshape(-1, dout.shape[-1])                           # (N, out)
         if f"{name}.bias" in self.trainable:
             grads[f"{name}.bias"] = d2.sum(axis=0)
-        if lora_cache is None:
+        lora = cache[1]
+        if lora is None:
             return self.ops.linear_backward(dout, None, W, need_params=False)[0]
-        mask, parts = lora_cache
-        cfg, t = self.peft_config[self.active_adapter], self.lora[self.active_adapter][name]
         ops = _kernels() if self.use_kernels else twin
-        dbase_total = d2                                                # flows through x W0
-        dx_extra = None
-        for prefix, cols, lc, dc in parts:
+        mask, dbase_total, dx_extra = lora.mask, d2, None               # dbase_total flows through x W0
+        for prefix, cols, A, B, lc, dc in lora.parts:
             ddelta = d2[:, cols]
             if dc is not None:                                          # DoRA
                 dbase, ddelta, dmag = ops.dora_backward(ddelta, dc)
@@ -229,19 +165,16 @@ class LoraModel(MergeMixin, PeftModel):
                     dbase_total = dbase_total + dbase                   # base = x W0
                 else:
                     dx_extra = (dbase @ W.T) * mask                     # base = drop(x) W0
-            A, B = t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"]
-            dxl, dA, dB = ops.lora_backward(ddelta, lc, A, B, cfg.scaling, mask)
+            dxl, dA, dB = ops.lora_backward(ddelta, lc, A, B, lora.scaling, mask)
             grads[f"{PREFIX}{name}.{prefix}lora_A.weight"] = dA
             grads[f"{PREFIX}{name}.{prefix}lora_B.weight"] = dB
             dx_extra = dxl if dx_extra is None else dx_extra + dxl
         dx = self.ops.linear_backward(dbase_total, None, W, need_params=False)[0] + dx_extra  # (N, in)
         return dx.reshape(*dout.shape[:-1], W.shape[0])
 
-    def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
-        """GPT2.backward, with the trained biases renamed as peft saves them."""
-        grads = super().backward(dlogits, cache)
-        if self.active_peft_config.inference_mode:
-            return {}
+    def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
+        """GPT2's backward, with the trained biases renamed as peft saves them."""
+        grads = super()._backward(dlogits, cache)
         return {(self._peft_bias_name(k) if not k.startswith(PREFIX) else k): v
                 for k, v in grads.items()}
 
@@ -282,78 +215,42 @@ class LoraModel(MergeMixin, PeftModel):
     def add_weighted_adapter(self, adapters, weights, adapter_name, combination_type="svd",
                              svd_rank=None, svd_clamp=None, svd_full_matrices=True):
         """A new adapter mixing existing ones, as peft's add_weighted_adapter."""
-        from .lora_init import combine_lora
         check_adapter_name(adapter_name)
-        if isinstance(adapters, str) or not isinstance(adapters, (list, tuple)) or not adapters \
-                or not isinstance(weights, (list, tuple)):
-            raise ConfigError(f"add_weighted_adapter takes lists: adapters=['a', 'b'], weights=[0.5, "
-                              f"0.5]; got adapters={adapters!r}, weights={weights!r}.")
+        check_combination(adapters, weights, svd_rank, svd_clamp)
         for a in adapters:
             self._check_name(a)
-        if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(
-                svd_rank, numbers.Integral) or svd_rank <= 0):
-            raise ConfigError(f"add_weighted_adapter svd_rank must be a positive integer or None "
-                              f"(None: the largest r of the adapters), got {svd_rank!r}.")
-        if svd_clamp is not None and (isinstance(svd_clamp, bool) or not isinstance(
-                svd_clamp, numbers.Real) or not 0 <= svd_clamp <= 1):
-            raise ConfigError(f"add_weighted_adapter svd_clamp is a quantile in [0, 1] or None, "
-                              f"got {svd_clamp!r}.")
-        if len(weights) != len(adapters):
-            raise ConfigError(f"add_weighted_adapter got {len(adapters)} adapters but "
-                              f"{len(weights)} weights.")
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists (peft would silently do "
                               "nothing); choose a new name.")
-        bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, numbers.Real)
-               or not math.isfinite(w)]
-        if bad:
-            raise ConfigError(f"add_weighted_adapter weights must be finite numbers, got {bad[0]!r}.")
         cfgs = [self.peft_config[a] for a in adapters]
-        if any(c.use_dora or c.enable_lora is not None for c in cfgs):
-            raise ConfigError("add_weighted_adapter combines plain LoRA adapters (no DoRA, no q/k/v slices).")
-        keys = sorted({k for a in adapters for k in self.lora[a]})
-        combined, ranks = {}, []
-        for key in keys:
-            parts = [(self.lora[a][key]["lora_A.weight"], self.lora[a][key]["lora_B.weight"],
-                      c.scaling, c.r, c.lora_alpha) for a, c in zip(adapters, cfgs) if key in self.lora[a]]
-            w = [wt for a, wt in zip(adapters, weights) if key in self.lora[a]]
-            A, B, r_new, alpha_new = combine_lora(parts, w, combination_type, svd_rank=svd_rank,
-                                                  svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices)
-            combined[f"{key}.lora_A.weight"], combined[f"{key}.lora_B.weight"] = A, B
-            ranks.append(r_new)
-        if len(set(ranks)) > 1:
-            raise ConfigError("add_weighted_adapter: these adapters target different modules, so the "
-                              "combined rank would differ between layers; combine adapters with the "
-                              "same target_modules.")
+        combined, r_new, alpha_new = combine_adapters(
+            [self.lora[a] for a in adapters], cfgs, weights, combination_type, svd_rank=svd_rank,
+            svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices)
+        keys = sorted(combined)
         # as peft: the first adapter's config with the new rank as both r and lora_alpha (the
         # weights and scalings are folded into A and B); targets: the modules combined, by full name
         config = dataclasses.replace(cfgs[0], r=r_new, lora_alpha=alpha_new, target_modules=keys,
                                      layers_to_transform=None)
         config.fan_in_fan_out = True
         self._check_new_adapter(adapter_name, config)        # its name, one adapter with bias
-        self._register(adapter_name, config, lora={
-            key: {"lora_A.weight": combined[f"{key}.lora_A.weight"],
-                  "lora_B.weight": combined[f"{key}.lora_B.weight"]} for key in keys})
+        self._register(adapter_name, config, lora=combined)
 
-    # ------------------------------------------------------------ saving
-    def _adapter_state(self, adapter_name):
-        from .io import adapter_state
-        return adapter_state(self, adapter_name)
+    # ------------------------------------------------------------ saving and loading (lora_io.py)
+    def _adapter_state(self, adapter_name: str) -> tuple[dict, dict]:
+        return lora_state(self.peft_config[adapter_name], self.lora[adapter_name], self.params,
+                          self._peft_bias_name, self.config.n_embd)
 
     @classmethod
     def _read_state(cls, config, raw, model, path):
-        from .io import read_lora_state
         return read_lora_state(config, raw, model, path)
 
     def _load_weights(self, adapter_name, weights, config):
         """Copy loaded tensors in; saved biases (bias="all"/"lora_only") replace the base's, as in peft."""
+        super()._load_weights(adapter_name, weights, config)
         self.peft_config[adapter_name].init_lora_weights = config.init_lora_weights
-        for key, t in self.lora[adapter_name].items():
-            for name, arr in t.items():
-                arr[...] = weights[f"{key}.{name}"]
-        for name, v in weights.items():
-            if name in self.params:
-                self.params[name] = v.copy()
+        for key, v in weights.items():
+            if key[len(PREFIX):] in self.params:
+                self.params[key[len(PREFIX):]] = v.copy()
 
     @staticmethod
     def _as_loaded(config: LoraConfig, is_trainable: bool) -> LoraConfig:
@@ -363,3 +260,6 @@ class LoraModel(MergeMixin, PeftModel):
         if isinstance(config.init_lora_weights, str) and config.init_lora_weights != "gaussian":
             config.init_lora_weights = True                 # pissa, pissa_niter_K, olora
         return config
+
+
+register_peft_method(peft_type="LORA", config_cls=LoraConfig, model_cls=LoraModel)
