@@ -33,8 +33,8 @@ from .jsonfile import read_json
 from .paths import file_in_folder
 from .tensors import read_bin, read_safetensors
 
-# The old private name, still imported by peft/io.py and train/trainer.py (being rewritten
-# by issue 16 §1); they are to import io.tensors.read_safetensors, then this line goes.
+# The old private name, still imported by train/trainer.py (being rewritten under issue 16);
+# it is to import io.tensors.read_safetensors, as peft/io.py does, then this line goes.
 _read_safetensors = read_safetensors
 
 FORMAT_VERSION = 1
