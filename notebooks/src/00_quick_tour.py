@@ -25,7 +25,8 @@ import minipeft
 from minipeft import GPT2, GPT2Config, LoraConfig, MinipeftError, get_peft_model, load_tokenizer
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
-STEPS = 10 if FAST else 300
+STEPS = 5 if FAST else 300
+BATCH = 4 if FAST else 16
 N_EVAL = 8 if FAST else 50
 print(f"minipeft {minipeft.__version__}; training for {STEPS} steps" + (" (fast mode)" if FAST else ""))
 
@@ -127,7 +128,7 @@ train_data = encode_examples(one_line(train_examples), tok, n_pos, eos)
 eval_data = batches(encode_examples(one_line(eval_examples), tok, n_pos, eos), 16, seed=0, epoch=0)
 args = TrainingArguments(learning_rate=1e-2, max_steps=STEPS, warmup_steps=max(1, STEPS // 20),
                          eval_steps=max(1, STEPS // 6))
-history = Trainer(pm, args, example_batches(train_data, 16, seed=0), eval_batches=eval_data).train()
+history = Trainer(pm, args, example_batches(train_data, BATCH, seed=0), eval_batches=eval_data).train()
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.2))

@@ -30,7 +30,8 @@ from minipeft.testing import cmp
 warnings.filterwarnings("ignore", message="fan_in_fan_out")   # peft's note for GPT-2's Conv1D; seen in 00
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
-STEPS = 8 if FAST else 100
+STEPS = 3 if FAST else 100
+BATCH = 4 if FAST else 16
 N_EVAL = 8 if FAST else 50
 
 tok = load_tokenizer("tiny-shakespeare")
@@ -117,7 +118,7 @@ def fine_tune(config, lr=1e-2):
     model = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"), config)
     args = TrainingArguments(learning_rate=lr, max_steps=STEPS, warmup_steps=max(1, STEPS // 20),
                              eval_steps=STEPS)
-    history = Trainer(model, args, example_batches(train_data, 16, seed=0),
+    history = Trainer(model, args, example_batches(train_data, BATCH, seed=0),
                       eval_batches=eval_data, progress=False).train()
     result = score(greedy_completions(model, tok, prompts, 40, eos), eval_examples)
     n = sum(a.size for a in model.trainable_parameters().values())

@@ -32,8 +32,9 @@ from minipeft import GPT2, BottleneckConfig, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
-STEPS = 20 if FAST else 250
-N_EVAL = 16 if FAST else 50
+STEPS = 5 if FAST else 250
+BATCH = 4 if FAST else 16
+N_EVAL = 8 if FAST else 50
 
 base = GPT2.from_pretrained("tiny-shakespeare")
 tok = load_tokenizer("tiny-shakespeare")
@@ -114,7 +115,7 @@ def fine_tune(config, lr=3e-2):          # the learning rate benchmarks/compare_
     model = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"), config)
     args = TrainingArguments(learning_rate=lr, max_steps=STEPS, warmup_steps=max(1, STEPS // 20),
                              eval_steps=max(1, STEPS // 5))
-    history = Trainer(model, args, example_batches(train_data, 16, seed=0),
+    history = Trainer(model, args, example_batches(train_data, BATCH, seed=0),
                       eval_batches=eval_data, progress=False).train()
     result = score(greedy_completions(model, tok, prompts, 40, eos), eval_examples)
     return model, history, result

@@ -27,8 +27,9 @@ from minipeft import analysis
 from minipeft.testing import cmp
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
-STEPS = 20 if FAST else 250
-N_EVAL = 16 if FAST else 50
+STEPS = 5 if FAST else 250
+BATCH = 4 if FAST else 16
+N_EVAL = 8 if FAST else 50
 
 tok = load_tokenizer("tiny-shakespeare")
 eos = tok.token_to_id("<|endoftext|>")
@@ -95,7 +96,7 @@ for label, config in (("peft's", IA3Config()), ("paper's", IA3Config.paper())):
     model = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"), config)
     args = TrainingArguments(learning_rate=0.3, max_steps=STEPS, warmup_steps=max(1, STEPS // 20),
                              eval_steps=max(1, STEPS // 5))
-    history = Trainer(model, args, example_batches(train_data, 16, seed=0),
+    history = Trainer(model, args, example_batches(train_data, BATCH, seed=0),
                       eval_batches=eval_data, progress=False).train()
     result = score(greedy_completions(model, tok, prompts, 40, eos), eval_examples)
     runs[label] = (model, history)

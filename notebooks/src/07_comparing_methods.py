@@ -19,7 +19,7 @@ from IPython.display import display
 from minipeft import compare
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: compare's --quick set-up
-STEPS = 100                                      # per method; `minipeft compare` runs 250 by default
+STEPS = 2 if FAST else 100                       # per method; `minipeft compare` runs 250 by default
 print("methods:", ", ".join(compare.METHODS))
 for name, (label, what, _) in compare.method_configs().items():
     print(f"  {name:9s} {label:18s} {what}")
@@ -28,12 +28,12 @@ for name, (label, what, _) in compare.method_configs().items():
 # ## The run
 #
 # Nine methods and the untrained base model; about two and a half minutes on a 2-core
-# laptop at 100 steps each (`quick=True`, which the test suite uses, trains 10 steps on a
+# laptop at 100 steps each (`quick=True`, which the test suite uses with 2 steps, is a
 # smaller set-up). It writes `results.json`, `results.csv`, `compare.png` and every adapter
 # in peft's format under `out/compare/`, and prints the table.
 
 # %%
-rows = compare.run(steps=None if FAST else STEPS, quick=FAST, out="out/compare", overwrite=True,
+rows = compare.run(steps=STEPS, quick=FAST, out="out/compare", overwrite=True,
                    progress=False)
 
 # %% [markdown]
