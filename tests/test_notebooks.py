@@ -196,3 +196,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     finally:
         shutil.rmtree(tmp_path / "out", ignore_errors=True)   # 08 writes 1 GB of GPT-2 weights there
     print(f"{name}: {time.perf_counter() - start:.1f} s in fast mode")   # shown with -s; never asserted
+    for cell in nb.cells:                     # a figure shown as its repr, not a picture
+        for out in cell.get("outputs", []):   # (display(fig) before the inline backend is on)
+            data = out.get("data", {})
+            assert not (data.get("text/plain", "").startswith("<Figure") and "image/png" not in data), \
+                f"{name}: a figure came out as text: {data['text/plain']!r}; add %matplotlib inline"

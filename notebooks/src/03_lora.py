@@ -16,6 +16,7 @@
 # `lora_model.py` (the `_linear` hook).
 
 # %%
+# %matplotlib inline
 import os
 import warnings
 

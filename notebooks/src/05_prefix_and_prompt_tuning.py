@@ -15,6 +15,7 @@
 # (`past_key_values`) respectively: `minipeft/peft/prompt_model.py`, `prefix_model.py`.
 
 # %%
+# %matplotlib inline
 import os
 
 import matplotlib.pyplot as plt

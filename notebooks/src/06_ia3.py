@@ -15,6 +15,7 @@
 # (`minipeft/peft/ia3_model.py`, math in `minipeft/peft/ia3.py`).
 
 # %%
+# %matplotlib inline
 import os
 import warnings
 

@@ -10,6 +10,7 @@
 # validation split (`benchmarks/compare_lr_sweep.py`), never on the examples scored here.
 
 # %%
+# %matplotlib inline
 import os
 
 import matplotlib.pyplot as plt
