@@ -303,7 +303,7 @@ class GPT2:
     # ---------------------------------------------------------------- backward
     def backward(self, dlogits, cache) -> dict[str, np.ndarray]:
         """dlogits (B, T, V) -> gradient of every trainable parameter, by name."""
-        cfg, P = self.config, self.params
+        cfg = self.config
         if not isinstance(cache, dict) or "xf" not in cache:
             raise InputError("backward needs the cache of forward: logits, cache = model.forward(ids); "
                              "grads = model.backward(dlogits, cache).")
