@@ -41,6 +41,9 @@ import re
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .train.plots import new_figure
+from .peft import lora as twin
+from matplotlib.colors import TwoSlopeNorm
 
 MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PARTS = ("q", "k", "v")
@@ -51,7 +54,6 @@ _LAYER = re.compile(r"transformer\.h\.(\d+)\.(.+)$")
 def _new_figure(width: float, height: float):
     """The project's Figure on its own Agg canvas (train.plots.new_figure: savefig works,
     pyplot and the backend are untouched), laid out by matplotlib's constrained layout."""
-    from .train.plots import new_figure
     fig = new_figure(width, height)
     fig.set_layout_engine("constrained")
     return fig
@@ -152,7 +154,6 @@ def lora_delta_weights(model, adapter_name: str | None = None, part: str | None 
     """{module: ΔW (in, out)} of a LoRA adapter: s · (BA)ᵀ on each LoRA'd block of columns,
     or for DoRA the merged weight minus W0 (m ⊙ (W0 + s(BA)ᵀ) / ‖·‖_c − W0). ``part``:
     only the q, k or v columns of c_attn (the paper studies W_q and W_v)."""
-    from .peft import lora as twin
     name = _lora_adapter(model, adapter_name)
     cfg, C = model.peft_config[name], model.config.n_embd
     if model.merged:
@@ -494,7 +495,6 @@ def ia3_summary(model, adapter_name: str | None = None) -> dict:
 def plot_ia3_vectors(model, adapter_name: str | None = None, title: str = "IA3 scaling vectors"):
     """A heat map per kind of vector (layers down, channels across; 1 is white), and a
     histogram of all values per kind."""
-    from matplotlib.colors import TwoSlopeNorm
     vecs = ia3_vectors(model, adapter_name)
     kinds: dict[str, list] = {}
     for label, v in vecs.items():

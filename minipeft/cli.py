@@ -8,7 +8,28 @@ from __future__ import annotations
 import argparse
 import sys
 
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import compare, info
+from .bench import add_arguments as add_bench_arguments    # loads neither torch nor numba
+from .bench import run_args as run_bench
+from .demo import DemoConfig, run_demo
 from .errors import MinipeftError
+from .exercises.report import add_parser as add_exercises_parser   # minipeft exercises report
+from .io.checkpoint import (convert_checkpoint, load_folder, resolve_model_folder, save_folder,
+                            tokenizer_files)
+from .io.files import check_output_folder, check_text
+from .model import GPT2
+from .peft import (BottleneckConfig, IA3Config, LoraConfig, PeftModel, PrefixTuningConfig,
+                   PromptTuningConfig, get_peft_model)
+from .tokenizer import load_tokenizer
+from .train.data import batches, encode_examples, read_jsonl
+from .train.plots import plot_losses
+from .train.pretrain import PretrainConfig, pretrain
+from .train.trainer import Trainer, TrainingArguments, example_batches
 
 # arguments that name files or folders: any bytes the file system takes are fine there;
 # every other text argument (a prompt, module names, ...) must be UTF-8 text
@@ -18,7 +39,6 @@ PATH_ARGS = frozenset({"src", "dst", "out", "data", "eval_data", "model", "adapt
 def _check_text_args(args) -> None:
     """Refuse a text argument holding bytes that are not UTF-8 (Python keeps them as
     lone surrogates, which the tokenizer refuses with a traceback), naming it."""
-    from .io.files import check_text
     for name, value in vars(args).items():
         if isinstance(value, str) and name not in PATH_ARGS:
             check_text(value, "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}")
@@ -27,7 +47,6 @@ def _check_text_args(args) -> None:
 def _output_folder(path, name: str):
     """The folder ``path`` (argument ``name``) to write into; a sentence, not an errno,
     when it or a folder above it is an existing file."""
-    from .io.files import check_output_folder
     return check_output_folder(path, name)
 
 
@@ -50,7 +69,6 @@ def _check_flags(args, **rules) -> None:
 
 
 def _convert(args) -> None:
-    from .io.checkpoint import convert_checkpoint, load_folder
     _output_folder(args.dst, "DST")
     dst = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     config, params = load_folder(dst)
@@ -61,7 +79,6 @@ def _convert(args) -> None:
 
 
 def _demo(args) -> None:
-    from .demo import DemoConfig, run_demo
     _check_flags(args, steps=1, seed=0)
     if args.out is not None:
         _output_folder(args.out, "--out")
@@ -73,7 +90,6 @@ def _demo(args) -> None:
 
 
 def _pretrain(args) -> None:
-    from .train.pretrain import PretrainConfig, pretrain
     _check_flags(args, vocab_size=1, n_layer=1, n_head=1, n_embd=1, block_size=1, batch_size=1,
                  warmup_steps=0, steps=1, lr=0.0, seed=0)
     _output_folder(args.out, "OUT")
@@ -81,9 +97,9 @@ def _pretrain(args) -> None:
                          n_embd=args.n_embd, block_size=args.block_size, batch_size=args.batch_size,
                          steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
                          seed=args.seed)
-    info = pretrain(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"pretrained {info['parameters']:,} parameters in {info['seconds']:.0f} s: "
-          f"train loss {info['final_train_loss']:.4f}, val loss {info['final_val_loss']:.4f} -> {args.out}")
+    summary = pretrain(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"pretrained {summary['parameters']:,} parameters in {summary['seconds']:.0f} s: "
+          f"train loss {summary['final_train_loss']:.4f}, val loss {summary['final_val_loss']:.4f} -> {args.out}")
 
 
 # the flags of each --method (a flag of another method is refused, not silently ignored)
@@ -103,8 +119,6 @@ def _names(value):
 
 def _peft_config(args, tokenizer: str):
     """The config of ``--method`` from its flags (peft's defaults for flags not given)."""
-    from . import (BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig,
-                   PromptTuningConfig)
     for method, flags in METHOD_FLAGS.items():
         for flag in flags:
             if method != args.method and getattr(args, flag) is not None \
@@ -137,13 +151,7 @@ def _peft_config(args, tokenizer: str):
 
 
 def _finetune(args) -> None:
-    import warnings
-    from pathlib import Path
 
-    from . import GPT2, get_peft_model, load_tokenizer
-    from .train.data import batches, encode_examples, read_jsonl
-    from .train.plots import plot_losses
-    from .train.trainer import Trainer, TrainingArguments, example_batches
     _check_flags(args, r=1, lora_alpha=0.0, num_virtual_tokens=1, encoder_hidden_size=1,
                  reduction_factor=0.0, batch_size=1, grad_accum=1, warmup_steps=0,
                  weight_decay=0, max_grad_norm=0, max_length=2, eval_steps=1, save_steps=1,
@@ -184,9 +192,7 @@ def _finetune(args) -> None:
 
 
 def _generate(args) -> None:
-    import numpy as np
 
-    from . import GPT2, PeftModel, load_tokenizer
     _check_flags(args, max_new_tokens=0, top_k=1, seed=0)
     model = GPT2.from_pretrained(args.model)
     tok = load_tokenizer(args.tokenizer or args.model)
@@ -203,8 +209,6 @@ def _generate(args) -> None:
 
 
 def _merge(args) -> None:
-    from . import GPT2, PeftModel
-    from .io.checkpoint import resolve_model_folder, save_folder, tokenizer_files
     _output_folder(args.out, "OUT")
     pm = PeftModel.from_pretrained(GPT2.from_pretrained(args.model), args.adapter)
     if not hasattr(pm, "merge_and_unload"):
@@ -218,13 +222,11 @@ def _merge(args) -> None:
 
 
 def _info(args) -> None:
-    from .info import print_info
-    print_info(args.model, r=args.r)
+    info.print_info(args.model, r=args.r)   # looked up here: a test replaces it
 
 
 def _bench(args) -> None:
-    from .bench import run_args
-    run_args(args)
+    run_bench(args)
 
 
 def _training_flags(p, steps, lr):
@@ -326,11 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="minipeft against torch + peft on this CPU: speed and memory, "
                        "one run", description="Measures minipeft and torch + peft alternately on the "
                        "same shapes and random weights (see benchmarks/README.md).")
-    from .bench import add_arguments          # loads neither torch nor numba
-    add_arguments(p)
+    add_bench_arguments(p)
     p.set_defaults(func=_bench)
 
-    from . import compare                     # the command's flags and logic live there
     p = sub.add_parser("compare", help="every PEFT method on the demo task with one budget: a table, "
                        "a figure and the adapters", description="Trains full fine-tuning, LoRA, "
                        "rsLoRA, DoRA, IA3, prefix and prompt tuning and the Pfeiffer and Houlsby "
@@ -363,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="tiny-shakespeare")
     p.add_argument("--r", type=int, default=8, help="LoRA rank for the table (default 8)")
     p.set_defaults(func=_info)
-    from .exercises.report import add_parser as add_exercises_parser   # minipeft exercises report
     add_exercises_parser(sub)
     return parser
 

@@ -55,6 +55,23 @@ import numpy as np
 from .config import refuse_unknown_fields
 from .errors import ConfigError, InputError, MinipeftError
 from .io.files import check_output_folder
+from .peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+from .io.jsonfile import read_json
+from .demo import one_line
+from .tasks.restaurants import make_examples
+from .train.data import batches, encode_examples
+from .model import GPT2
+from .peft import get_peft_model
+from .train.trainer import Trainer, TrainingArguments, example_batches
+from .train.trainer import evaluate
+from .demo import greedy_completions
+from .tasks.restaurants import score
+from .tokenizer import load_tokenizer
+from .io.atomic import atomic_folder
+from .train.plots import save_figure
+from tqdm.auto import tqdm
+from .analysis import _new_figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 BUNDLED = "tiny-shakespeare"
 SWEEP_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_lr_sweep.json"
@@ -64,8 +81,6 @@ VAL_SEED_OFFSET = 2_000_003        # the validation split's seed (the held-out s
 # ====================================================================== the methods
 def method_configs():
     """name -> (label, what it trains, config factory: model config -> PEFT config or None)."""
-    from .peft import (BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig,
-                       PromptTuningConfig)
 
     def lora(**kw):
         return lambda c: LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear",
@@ -133,7 +148,6 @@ def check_methods(methods) -> list[str]:
 
 def load_learning_rates(path: Path = SWEEP_FILE) -> dict[str, float]:
     """method -> learning rate, the best of the sweep (benchmarks/compare_lr_sweep.json)."""
-    from .io.jsonfile import read_json
     if not Path(path).is_file():
         raise ConfigError(f"compare: the learning-rate sweep's results {path} are missing; run "
                           "`python benchmarks/compare_lr_sweep.py` to make them, or pass "
@@ -149,9 +163,6 @@ def task_data(cfg: CompareConfig, tok, n_positions: int):
     Three splits of the task's grammar, from three seeds: training (seed), the held-out
     examples the table scores (seed + 1_000_003, as the demo), and the sweep's validation
     split (seed + 2_000_003) with any prompt that is also held out removed."""
-    from .demo import one_line
-    from .tasks.restaurants import make_examples
-    from .train.data import batches, encode_examples
     eos = tok.token_to_id("<|endoftext|>")
     train = make_examples(cfg.n_train, seed=cfg.seed)
     held_out = make_examples(cfg.n_eval, seed=cfg.seed + 1_000_003)
@@ -165,7 +176,6 @@ def task_data(cfg: CompareConfig, tok, n_positions: int):
 
 # ====================================================================== one method
 def _fresh_model(cfg, method):
-    from . import GPT2, get_peft_model
     model = GPT2.from_pretrained(cfg.model)
     config = method_configs()[method][2](model.config)
     if config is None:
@@ -176,7 +186,6 @@ def _fresh_model(cfg, method):
 
 
 def _trainer(model, cfg, lr, train_enc):
-    from .train.trainer import Trainer, TrainingArguments, example_batches
     args = TrainingArguments(learning_rate=lr, max_steps=cfg.steps, warmup_steps=max(1, cfg.steps // 20),
                              lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0,
                              seed=cfg.seed)
@@ -188,7 +197,6 @@ def train_method(method: str, lr: float, cfg: CompareConfig, train_enc, eval_bat
     """Train ``method`` for cfg.steps at ``lr``: -> (model, info) with info = {trainable_params,
     total_params, optimizer_state_bytes, peak_memory_mib, seconds_per_step, train_loss,
     eval_loss, eval_curve [[step, loss], ...], losses}."""
-    from .train.trainer import evaluate
     if measure_memory:                                   # Numba loads (or compiles) its kernels
         _trainer(_fresh_model(cfg, method), cfg, lr, train_enc).training_step()   # untraced
     tracing = measure_memory and not tracemalloc.is_tracing()
@@ -248,8 +256,6 @@ def train_method(method: str, lr: float, cfg: CompareConfig, train_enc, eval_bat
 
 def greedy_scores(model, tok, examples, max_new_tokens) -> dict:
     """Exact match and slot error of greedy completions (the demo's decoding)."""
-    from .demo import greedy_completions
-    from .tasks.restaurants import score
     if hasattr(model, "eval"):
         model.eval()
     preds = greedy_completions(model, tok, [e["prompt"] for e in examples], max_new_tokens,
@@ -312,10 +318,6 @@ def run(methods=None, steps: int | None = None, seed: int = 0, out=None, quick: 
                           "learning_rates={method: lr}.")
     out = _check_out(out, overwrite)
 
-    from . import GPT2, load_tokenizer
-    from .io.checkpoint import atomic_folder
-    from .train.plots import save_figure
-    from .train.trainer import evaluate
     start = time.perf_counter()
     tok = load_tokenizer(cfg.model)
     base = GPT2.from_pretrained(cfg.model)
@@ -386,7 +388,6 @@ def _bars(progress: bool, total: int):
     """(overall bar or None, a maker of one bar per method)."""
     if not progress:
         return None, lambda name, n: None
-    from tqdm.auto import tqdm
     overall = tqdm(total=total, desc="all methods", unit="step", position=0)
     return overall, lambda name, n: tqdm(total=n, desc=f"{name:>8s}", unit="step", position=1,
                                          leave=False)
@@ -444,7 +445,6 @@ def format_table(rows) -> str:
 def plot_compare(rows):
     """Eval-loss curves of every method; exact match and slot error against trainable
     parameters (log scale). -> a matplotlib Figure on its own Agg canvas."""
-    from .analysis import _new_figure
     fig = _new_figure(11, 4.2)
     ax1, ax2 = fig.subplots(1, 2)
     base = next((r for r in rows if r["method"] == "base"), None)
@@ -455,7 +455,6 @@ def plot_compare(rows):
     if base is not None:
         ax1.axhline(base["eval_loss"], color="gray", ls="--", lw=1, label="base model")
     ax1.set_yscale("log")
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     ax1.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax1.yaxis.set_major_formatter(ScalarFormatter())
     ax1.yaxis.set_minor_formatter(NullFormatter())

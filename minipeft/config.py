@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .io.jsonfile import read_json
 
 # Fields of a Hugging Face GPT2Config whose non-default values change the maths
 # of the model; minipeft refuses them rather than compute something else.
@@ -150,7 +151,6 @@ class GPT2Config:
         """From a config.json, read by the one JSON reader (``io.jsonfile.read_json``):
         a file that is missing, not UTF-8, not JSON, nested too deep, holding NaN or
         an endless integer, or not an object is a ConfigError naming it."""
-        from .io.jsonfile import read_json
         d = read_json(path, expect=dict, error=ConfigError,
                       fix="It should be a GPT-2 config.json (a JSON object); save or convert "
                           "the model again.")

@@ -23,6 +23,13 @@ from .config import refuse_unknown_fields
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_file
 from .io.files import check_output_folder
+from .model import GPT2
+from .peft import LoraConfig, get_peft_model
+from .tokenizer import load_tokenizer
+from .tasks.restaurants import make_examples, score
+from .train.data import batches, encode_examples
+from .train.plots import plot_losses
+from .train.trainer import Trainer, TrainingArguments, example_batches
 
 BUNDLED = "tiny-shakespeare"
 
@@ -86,11 +93,6 @@ def _show(title, examples, predictions, k=3):
 
 def run_demo(cfg: DemoConfig | None = None, out=None, overwrite=False, model_name=BUNDLED,
              progress=True) -> dict:
-    from . import GPT2, LoraConfig, get_peft_model, load_tokenizer
-    from .tasks.restaurants import make_examples, score
-    from .train.data import batches, encode_examples
-    from .train.plots import plot_losses
-    from .train.trainer import Trainer, TrainingArguments, example_batches
     cfg = cfg or DemoConfig()
     start = time.perf_counter()
     out = Path(out) if out is not None else Path(f"minipeft-demo-{time.strftime('%Y%m%d-%H%M%S')}")

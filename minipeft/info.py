@@ -9,11 +9,12 @@ from __future__ import annotations
 import warnings
 
 from .errors import MinipeftError
+from .peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+from .peft import get_peft_model
+from .model.gpt2 import GPT2
 
 def methods(r: int = 8) -> list[tuple[str, object]]:
     """[(label, a PEFT config or None for full fine-tuning)], the rows of the table."""
-    from .peft import (BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig,
-                       PromptTuningConfig)
 
     def lora(**kwargs):
         return LoraConfig(r=r, lora_alpha=2 * r, fan_in_fan_out=True, **kwargs)
@@ -37,7 +38,6 @@ def methods(r: int = 8) -> list[tuple[str, object]]:
 
 def method_table(model, r: int = 8) -> list[dict]:
     """[{method, trainable, total, percent, train_mb}] for each method of ``methods(r)``."""
-    from .peft import get_peft_model
     base_total = model.num_parameters()
     rows = []
     for label, config in methods(r):
@@ -56,7 +56,6 @@ def method_table(model, r: int = 8) -> list[dict]:
 
 
 def print_info(path_or_name, r: int = 8) -> None:
-    from .model.gpt2 import GPT2
     if r < 1:
         raise MinipeftError(f"--r must be >= 1, got {r}.")
     model = GPT2.from_pretrained(path_or_name)

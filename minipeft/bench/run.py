@@ -57,7 +57,7 @@ def _log(msg: str) -> None:
 
 def same_weights_check(base, hf, ids) -> dict:
     """The two models are the same: max|a − b| / max|b| of their logits on the batch."""
-    import torch
+    import torch                    # optional: only with the reference side (require_torch)
     with torch.no_grad():
         ref = hf(input_ids=torch.as_tensor(ids), use_cache=False).logits.numpy()
     ours = base(ids)

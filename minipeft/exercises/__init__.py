@@ -16,6 +16,7 @@ from __future__ import annotations
 from . import part1_ops, part2_lora, part3_methods, part4_training
 from .core import (RECORD_ENV, STRICT_ENV, Exercise, ExerciseFailed, Misconception, Verdict,
                    max_rel)
+from ..errors import MinipeftError
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for part in (part1_ops, part2_lora, part3_methods,
                                                           part4_training)
@@ -25,7 +26,6 @@ EXERCISES: dict[str, Exercise] = {ex.name: ex for part in (part1_ops, part2_lora
 def check(name: str, fn, strict: bool = False) -> Verdict:
     """``EXERCISES[name].check(fn, strict)``, with a clear error for an unknown name."""
     if name not in EXERCISES:
-        from ..errors import MinipeftError
         raise MinipeftError(f"no exercise named {name!r}; the exercises are: {', '.join(EXERCISES)}.")
     return EXERCISES[name].check(fn, strict=strict)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MinipeftError
+from ..testing import numerical_gradient
 
 RECORD_ENV = "MINIPEFT_EXERCISES_RECORD"
 STRICT_ENV = "MINIPEFT_STRICT"
@@ -453,7 +454,7 @@ def _where(o, r) -> str:
 
 def _try_torch(with_torch, fn):
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (optional: is it installed? then the torch reference runs)
     except ImportError:
         return None
     return with_torch(fn, np.random.default_rng(2))
@@ -476,7 +477,6 @@ def _record(ex: Exercise, v: Verdict) -> None:
 # ------------------------------------------------------------------ helpers for the modules
 def fd_errors(scalar: Callable[[], float], wrt: dict, analytic: dict, h: float = 1e-6):
     """[(name, max_rel)] of analytic gradients against central differences of scalar()."""
-    from ..testing import numerical_gradient
     out = []
     for name, x in wrt.items():
         num = numerical_gradient(scalar, x, h)

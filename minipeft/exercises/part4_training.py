@@ -66,7 +66,7 @@ def _adamw_cases(rng):
 
 
 def _adamw_torch(fn, rng):
-    import torch
+    import torch            # optional: the torch reference runs only where it is installed
     c = _adamw_cases(rng)[0]
     p, m, v = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in ADAMW_ARGS))
     tp = torch.nn.Parameter(torch.tensor(c["param"]))

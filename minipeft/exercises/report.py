@@ -34,6 +34,8 @@ from pathlib import Path
 
 from ..errors import MinipeftError
 from .core import RECORD_ENV, STRICT_ENV
+from . import EXERCISES
+from ..io.files import check_output_folder
 
 STATUSES = ("passed", "failed", "not attempted", "error")
 MARK = {"passed": "ok", "failed": "FAIL", "not attempted": "-", "error": "ERR", None: ""}
@@ -43,7 +45,7 @@ CHECK_CALL = re.compile(r"""check\(\s*["']([A-Za-z_0-9]+)["']""")
 # ------------------------------------------------------------------ one submission
 def _execute(path: str, workdir: str, cell_timeout: int, pidfile: str) -> int:
     """The child process: run the notebook with nbclient, print a JSON summary of its errors."""
-    import nbformat
+    import nbformat                 # optional (the test extra): only the child runs notebooks
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
@@ -225,7 +227,6 @@ def _write(path: Path, text: str) -> None:
 
 def report(submissions, out_dir="exercises-report", timeout: float = 300, progress=print) -> dict:
     """Run every submission, print the table, write out_dir/report.csv and report.json."""
-    from . import EXERCISES
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise MinipeftError(f"--timeout must be > 0 seconds, got {timeout}.")
     paths = collect(submissions)
@@ -257,7 +258,6 @@ def report(submissions, out_dir="exercises-report", timeout: float = 300, progre
 
 # ------------------------------------------------------------------ the command line
 def _run_args(args) -> None:
-    from ..io.files import check_output_folder
     check_output_folder(args.out, "--out")        # a file there: a sentence before any notebook runs
     report(args.submissions, out_dir=args.out, timeout=args.timeout)
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from ..errors import MinipeftError, SaveError
 from .files import check_output_folder
+import ctypes
 
 OURS = ".minipeft"           # every hidden name minipeft makes inside a user's folder starts so
 
@@ -178,7 +179,6 @@ def _is_cwd_or_above(folder: Path) -> bool:
 @functools.lru_cache(maxsize=1)
 def _libc():
     """The C library already loaded in this process (dlopen(NULL)); no search, no subprocess."""
-    import ctypes
     return ctypes.CDLL(None, use_errno=True)
 
 
@@ -186,7 +186,6 @@ def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one system call (Linux renameat2 RENAME_EXCHANGE, macOS
     renamex_np RENAME_SWAP): at every instant each name holds a whole folder.
     False where the system or file system cannot."""
-    import ctypes
     try:
         libc = _libc()
         if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):

@@ -28,14 +28,15 @@ import numpy as np
 
 from ..config import GPT2Config
 from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
-from .atomic import atomic_folder, atomic_save, read_dir  # noqa: F401 (compare.py: atomic_folder)
+from .atomic import atomic_save, read_dir
 from .jsonfile import read_json
 from .paths import file_in_folder
 from .tensors import read_bin, read_safetensors
+import hashlib
+import safetensors.numpy      # save_file read at each save, so a test can make it fail
 
-# The old private name, still imported by train/trainer.py (being rewritten under issue 16);
-# it is to import io.tensors.read_safetensors, as peft/io.py does, then this line goes.
-_read_safetensors = read_safetensors
+from .hub import download
+from .paths import HUB_NAMES, bundled_dir, bundled_names, weights_dir
 
 FORMAT_VERSION = 1
 
@@ -131,7 +132,6 @@ CHECKSUMS_NAME = "checksums.json"
 
 
 def sha256_file(path: Path) -> str:
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -222,7 +222,6 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
     tokenizer, the working directory), only these files change, together, and nothing
     else is touched. A checksums.json this save does not write is removed (it would
     describe the old weights)."""
-    from safetensors.numpy import save_file
     dst = Path(dst)
     occupied = any(dst.iterdir()) if dst.is_dir() else (dst.exists() or dst.is_symlink())
     if occupied and not overwrite:
@@ -233,7 +232,7 @@ def save_folder(dst: str | Path, config: GPT2Config, params: dict, overwrite: bo
     names = ("model.safetensors", "config.json", *(Path(f).name for f in extra_files), CHECKSUMS_NAME)
     with atomic_save(dst, names, "model") as tmp:
         tensors = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in expected_shapes(config)}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
@@ -260,10 +259,14 @@ def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
 
 
 
+def fetch_and_convert(name: str) -> Path:
+    """Download ``name`` (hub.py, the one module that talks to the network) and convert it
+    into ``weights/<name>/`` (once)."""
+    return convert_checkpoint(download(name), weights_dir() / name)
+
+
 def resolve_model_folder(path_or_name: str | Path) -> Path:
     """A folder path, a bundled name (``weights/<name>``) or a hub name -> a folder."""
-    from .hub import fetch_and_convert
-    from .paths import HUB_NAMES, bundled_dir, bundled_names
 
     if not isinstance(path_or_name, (str, os.PathLike)):
         raise WeightsNotFoundError(

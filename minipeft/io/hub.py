@@ -35,7 +35,7 @@ def _offline_help(name: str) -> str:
 def download(name: str) -> Path:
     """Fetch the hub folder of ``name`` into the Hugging Face cache; return its path."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download     # optional: pip install 'minipeft[hub]'
     except ImportError:
         raise HubError(
             f"{name!r} is not converted under {weights_dir()} and downloading it needs "
@@ -51,10 +51,3 @@ def download(name: str) -> Path:
             f"Could not download {name!r} from the Hugging Face hub ({type(e).__name__}); this "
             "machine may have no network. " + _offline_help(name)) from None
     return Path(path)
-
-
-def fetch_and_convert(name: str) -> Path:
-    """Download ``name`` and convert it into ``weights/<name>/`` (once)."""
-    from .checkpoint import convert_checkpoint
-    src = download(name)
-    return convert_checkpoint(src, weights_dir() / name)

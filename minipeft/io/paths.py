@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from ..errors import CheckpointError
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
@@ -65,7 +66,6 @@ def file_in_folder(folder: str | Path, name, source: str, error=None, missing=No
     such as /dev/zero, a pipe or a folder). ``missing``: the error class when no such
     file exists (default: ``error``); ``what`` and ``where`` name the file and ``source``
     in that message ("Shard …/x.safetensors named in the index is missing")."""
-    from ..errors import CheckpointError
     error = error or CheckpointError
     missing = missing or error
     folder = Path(folder)

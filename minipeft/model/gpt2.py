@@ -40,13 +40,10 @@ from ..ops import (IGNORE_INDEX, attention_mask_allowed, cross_entropy_forward, 
 from .generate import generate as _generate
 from .inputs import (_as_int_array, check_attention_mask, check_input_ids, check_labels,
                      check_past_key_values, check_position_ids)
+from ..kernels import ops as kernels
 
 DTYPES = (np.float32, np.float64)
 
-
-def _kernels():
-    from ..kernels import ops as kernels       # Numba compiles (or loads its cache) on first use
-    return kernels
 
 
 NO_PAST_BACKWARD = ("backward through a KV cache is not supported: run forward on the whole "
@@ -108,7 +105,7 @@ class GPT2:
         table with the same functions (bench/profile.py sets a timed one); None goes back."""
         if self._ops is not None:
             return self._ops
-        return _kernels() if self.use_kernels else twins
+        return kernels if self.use_kernels else twins
 
     @ops.setter
     def ops(self, table):

@@ -30,11 +30,8 @@ from .base import PREFIX, PeftModel, check_fits
 from .bottleneck_config import LOCATIONS, BottleneckConfig, adapter_shapes
 from .lora import dropout_mask
 from .mapping import register_peft_method
+from ..kernels import bottleneck as kernels
 
-
-def _kernels():
-    from ..kernels import bottleneck as kernels     # Numba loads on first use, not on import minipeft
-    return kernels
 
 
 class BottleneckModel(PeftModel):
@@ -85,7 +82,7 @@ class BottleneckModel(PeftModel):
         mask = None
         if self.training and cfg.dropout > 0:
             mask = dropout_mask(self._rng, (x.size // C, C), cfg.dropout, x.dtype)  # as nn.Dropout
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         y, layer = twin.adapter_forward(x.reshape(-1, C), fx.reshape(-1, C), t, cfg, mask, ops)
         return y.reshape(shape), {"module": module, "tensors": t, "config": cfg, "mask": mask,
                                   "layer": layer, "ops": ops}

@@ -29,11 +29,8 @@ from . import ia3 as twin
 from .base import PREFIX, MergeMixin, PeftModel, check_fits
 from .ia3_config import IA3Config, ia3_parts, is_feedforward, target_keys
 from .mapping import register_peft_method
+from ..kernels import ia3 as kernels
 
-
-def _kernels():
-    from ..kernels import ia3 as kernels        # Numba loads on first use, not on import minipeft
-    return kernels
 
 
 class IA3LayerCache(NamedTuple):
@@ -99,7 +96,7 @@ class IA3Model(MergeMixin, PeftModel):
         W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
         if self._disabled or self.merged or name not in self.ia3[self.active_adapter]:
             return self.ops.linear_forward(x, W, b)[0], None
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         parts = self._parts(self.active_adapter, name)
         if name in self.feedforward[self.active_adapter]:
             x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
@@ -120,7 +117,7 @@ class IA3Model(MergeMixin, PeftModel):
         W = self.params[f"{name}.weight"]
         if cache is None:                                               # no IA3 on this layer
             return self.ops.linear_backward(dout, None, W, need_params=False)[0]
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         d2 = dout.reshape(-1, dout.shape[-1])                           # (N, out)
         if cache.feedforward:
             # out = xs W + b;  xs = x ⊙ l
@@ -146,7 +143,7 @@ class IA3Model(MergeMixin, PeftModel):
     def _folded(self, adapter_name: str, params, unmerge: bool = False) -> dict[str, np.ndarray]:
         """{module.weight / .bias: new array} with each vector folded into ``params`` (or divided
         out): W ⊙ l on the output columns and b ⊙ l, or W's input rows for a feedforward module."""
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         fold, out = ops.unmerge_weight if unmerge else ops.merge_weight, {}
         for key in self.ia3[adapter_name]:
             W, b = params[f"{key}.weight"].copy(), params[f"{key}.bias"].copy()

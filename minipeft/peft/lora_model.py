@@ -29,11 +29,8 @@ from .lora_config import LoraConfig, lora_parts, target_keys
 from .lora_init import check_combination, combine_adapters, lora_init
 from .lora_io import lora_state, read_lora_state
 from .mapping import register_peft_method
+from ..kernels import lora as kernels
 
-
-def _kernels():
-    from ..kernels import lora as kernels       # Numba loads on first use, not on import minipeft
-    return kernels
 
 
 class LoraParts(NamedTuple):
@@ -126,7 +123,7 @@ class LoraModel(MergeMixin, PeftModel):
         if t is None:
             return out, (None, None)                                    # backward needs no x for W
         cfg = self.active_peft_config
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         s, x2 = cfg.scaling, x.reshape(-1, x.shape[-1])                 # (N, in)
         out2 = out.reshape(-1, out.shape[-1])                           # (N, out), a view
         mask = None
@@ -154,7 +151,7 @@ class LoraModel(MergeMixin, PeftModel):
         lora = cache[1]
         if lora is None:
             return self.ops.linear_backward(dout, None, W, need_params=False)[0]
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         mask, dbase_total, dx_extra = lora.mask, d2, None               # dbase_total flows through x W0
         for prefix, cols, A, B, lc, dc in lora.parts:
             ddelta = d2[:, cols]

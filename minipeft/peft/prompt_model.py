@@ -29,13 +29,10 @@ from ..tokenizer import load_tokenizer
 from .base import PeftModel, check_fits
 from .mapping import register_peft_method
 from .prompt_config import PromptTuningConfig
+from ..kernels import prompt as kernels
 
 KEY = "prompt_embeddings"                  # the saved (and trainable) tensor's name, as peft's
 
-
-def _kernels():
-    from ..kernels import prompt as kernels     # Numba loads on first use, not on import minipeft
-    return kernels
 
 
 class PromptTuningModel(PeftModel):
@@ -136,7 +133,7 @@ class PromptTuningModel(PeftModel):
         P = self.num_virtual_tokens
         if not P or not first:
             return super()._embed(ids, P + pos, first)                  # (B, T, C)
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         return ops.prompt_embedding_forward(
             ids, self.prompts[self.active_adapter], self.params["transformer.wte.weight"],
             self.params["transformer.wpe.weight"], twin.prompt_positions(P, pos))  # (B, P + T, C)
@@ -145,7 +142,7 @@ class PromptTuningModel(PeftModel):
         """x = concat(prompt, wte[ids]) + wpe[pos]: dprompt = Σ_b dx[b, :P]."""
         if isinstance(cache, EmbeddingCache):                           # the base's embedding
             return super()._embed_backward(dx, cache, dwte, grads)
-        ops = _kernels() if self.use_kernels else twin
+        ops = kernels if self.use_kernels else twin
         grads[KEY] = ops.prompt_embedding_backward(dx, cache)           # (P, C)
 
     def generate(self, input_ids, max_new_tokens, **kwargs) -> np.ndarray:

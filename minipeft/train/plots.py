@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from ..io.atomic import atomic_file
 
 
 def new_figure(width: float = 6, height: float = 3.5):
     """A Figure on its own Agg canvas: ``savefig`` works, pyplot and the backend are untouched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
@@ -23,7 +24,6 @@ def new_figure(width: float = 6, height: float = 3.5):
 def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG to ``path`` atomically, as every save (io/atomic.atomic_file:
     a fresh temp file beside it, then one rename; a failure leaves ``path`` as it was)."""
-    from ..io.atomic import atomic_file
     with atomic_file(path) as f:
         fig.savefig(f, format="png", dpi=dpi)
     return Path(path)

@@ -24,6 +24,11 @@ from ..config import GPT2Config, refuse_unknown_fields
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import sha256_file, expected_shapes, save_folder
 from ..io.files import check_output_folder, read_text
+import tempfile
+from ..model.gpt2 import GPT2
+from ..tokenizer import save_tokenizer, train_bpe_tokenizer
+from .data import lm_windows
+from .trainer import Trainer, TrainingArguments
 
 INFO_NAME = "training_info.json"
 
@@ -83,12 +88,7 @@ class PretrainConfig:
 
 def pretrain(data_path, out, cfg: PretrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Train a tokenizer and a GPT-2 on the text at ``data_path``; write them to ``out``."""
-    import tempfile
 
-    from ..model.gpt2 import GPT2
-    from ..tokenizer import save_tokenizer, train_bpe_tokenizer
-    from .data import lm_windows
-    from .trainer import Trainer, TrainingArguments
     data_path, out = Path(data_path), check_output_folder(out, "pretrain's output folder")
     if not data_path.is_file():
         raise InputError(f"pretrain: no text file at {data_path}; give the path of a UTF-8 text "

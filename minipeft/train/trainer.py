@@ -40,6 +40,12 @@ from ..config import refuse_unknown_fields
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
 from ..io.jsonfile import parse_json
 from .optim import AdamW, clip_grad_norm, lr_multiplier
+from .data import batches
+from tqdm.auto import tqdm
+import safetensors.numpy      # save_file read at each save, so a test can make it fail
+from ..io.atomic import atomic_folder, usual_permissions
+from ..io.tensors import read_safetensors
+from ..io.jsonfile import read_json
 
 STATE_NAME = "trainer_state.json"
 TENSORS_NAME = "training_tensors.safetensors"
@@ -119,7 +125,6 @@ def trainable_parameters(model) -> dict[str, np.ndarray]:
 def example_batches(encoded, batch_size: int, seed: int, accumulation: int = 1):
     """batches_for_step for fine-tuning data: epoch after epoch of shuffled batches,
     ``accumulation`` micro-batches per step; a pure function of the step."""
-    from .data import batches
     if not encoded:
         raise ConfigError("no training examples: encode_examples(read_jsonl(path), ...) gave none; "
                           "give a JSONL file with at least one example.")
@@ -241,7 +246,6 @@ class Trainer:
         args = self.args
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=args.max_steps, initial=self.step, desc="training", unit="step")
         try:
             while self.step < args.max_steps:
@@ -357,9 +361,7 @@ class Trainer:
         """output_dir/checkpoint-<step>/: the trained tensors, AdamW's moments, the state
         (written to a temp folder that is swapped in: a killed save leaves no half checkpoint).
         Then this run's oldest checkpoints beyond save_total_limit are deleted."""
-        from safetensors.numpy import save_file
 
-        from ..io.atomic import atomic_folder, usual_permissions
         dst = self.output_dir / f"checkpoint-{self.step}"
         fingerprint = self._fingerprint()
         with atomic_folder(dst) as tmp:
@@ -367,7 +369,7 @@ class Trainer:
             tensors = {f"param/{k}": np.ascontiguousarray(v) for k, v in self.params.items()}
             tensors.update({f"exp_avg/{k}": v for k, v in opt["exp_avg"].items()})
             tensors.update({f"exp_avg_sq/{k}": v for k, v in opt["exp_avg_sq"].items()})
-            save_file(tensors, str(tmp / TENSORS_NAME))
+            safetensors.numpy.save_file(tensors, str(tmp / TENSORS_NAME))
             meta = {k: v for k, v in opt.items() if k not in ("exp_avg", "exp_avg_sq")}
             state = {"step": self.step, "run": self.run_id, "optimizer": meta,
                      "history": self.history, "fingerprint": fingerprint}
@@ -382,8 +384,6 @@ class Trainer:
     def load_checkpoint(self, path) -> None:
         """Restore tensors, AdamW and the step; refuse a checkpoint of another run, or one
         that is damaged (checked whole before anything is changed)."""
-        from ..io.checkpoint import _read_safetensors
-        from ..io.jsonfile import read_json
         path = Path(path)
         if not (path / STATE_NAME).is_file():
             raise WeightsNotFoundError(f"{path} is not a training checkpoint (no {STATE_NAME}).")
@@ -391,7 +391,7 @@ class Trainer:
         state = read_json(path / STATE_NAME, error=CheckpointError, fix=fix)
         _check_state(state, path / STATE_NAME, fix)
         self._check_fingerprint(path, state["fingerprint"], state["step"])
-        tensors = _read_safetensors(path / TENSORS_NAME)
+        tensors = read_safetensors(path / TENSORS_NAME)
         for part in ("param", "exp_avg", "exp_avg_sq"):
             for k, v in self.params.items():
                 t = tensors.get(f"{part}/{k}")
@@ -466,7 +466,6 @@ def _hash_batches(micro) -> str:
 
 def _run_of(checkpoint: Path) -> str | None:
     """The run id a checkpoint's state records (None if unreadable or absent)."""
-    from ..io.jsonfile import read_json
     try:
         state = read_json(checkpoint / STATE_NAME)
     except MinipeftError:
