@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(args.threads)              # before numpy is imported
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from minipeft.compare import METHODS, CompareConfig, check_methods
+    from minipeft.compare import CompareConfig, check_methods
     methods = check_methods(args.methods)
     cfg = CompareConfig()
     start = time.perf_counter()
@@ -157,7 +157,8 @@ def _merge(out, methods, found, cfg, start, further=False):
                                                                    "eval_points")},
         "validation_examples": found["validation_examples"],
     })
-    data.setdefault("runs", []).append({"methods": methods, "further": further, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    data.setdefault("runs", []).append({"methods": methods, "further": further,
+                                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                         "seconds": round(time.perf_counter() - start, 1)})
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

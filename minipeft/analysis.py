@@ -39,11 +39,11 @@ import math
 import re
 
 import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 
 from .errors import ConfigError, InputError
-from .train.plots import new_figure
 from .peft import lora as twin
-from matplotlib.colors import TwoSlopeNorm
+from .train.plots import new_figure
 
 MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PARTS = ("q", "k", "v")

@@ -7,24 +7,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from . import compare, info
-from .bench import add_arguments as add_bench_arguments    # loads neither torch nor numba
+from .bench import add_arguments as add_bench_arguments  # loads neither torch nor numba
 from .bench import run_args as run_bench
 from .demo import DemoConfig, run_demo
 from .errors import MinipeftError
-from .exercises.report import add_parser as add_exercises_parser   # minipeft exercises report
-from .io.checkpoint import (convert_checkpoint, load_folder, resolve_model_folder, save_folder,
-                            tokenizer_files)
+from .exercises.report import add_parser as add_exercises_parser  # minipeft exercises report
+from .io.checkpoint import convert_checkpoint, load_folder, resolve_model_folder, save_folder, tokenizer_files
 from .io.files import check_output_folder, check_text
 from .model import GPT2
-from .peft import (BottleneckConfig, IA3Config, LoraConfig, PeftModel, PrefixTuningConfig,
-                   PromptTuningConfig, get_peft_model)
+from .peft import (
+    BottleneckConfig,
+    IA3Config,
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from .tokenizer import load_tokenizer
 from .train.data import batches, encode_examples, read_jsonl
 from .train.plots import plot_losses
@@ -99,7 +103,8 @@ def _pretrain(args) -> None:
                          seed=args.seed)
     summary = pretrain(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"pretrained {summary['parameters']:,} parameters in {summary['seconds']:.0f} s: "
-          f"train loss {summary['final_train_loss']:.4f}, val loss {summary['final_val_loss']:.4f} -> {args.out}")
+          f"train loss {summary['final_train_loss']:.4f}, val loss {summary['final_val_loss']:.4f} "
+          f"-> {args.out}")
 
 
 # the flags of each --method (a flag of another method is refused, not silently ignored)

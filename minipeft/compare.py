@@ -51,27 +51,30 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-
-from .config import refuse_unknown_fields
-from .errors import ConfigError, InputError, MinipeftError
-from .io.files import check_output_folder
-from .peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
-from .io.jsonfile import read_json
-from .demo import one_line
-from .tasks.restaurants import make_examples
-from .train.data import batches, encode_examples
-from .model import GPT2
-from .peft import get_peft_model
-from .train.trainer import Trainer, TrainingArguments, example_batches
-from .train.trainer import evaluate
-from .demo import greedy_completions
-from .tasks.restaurants import score
-from .tokenizer import load_tokenizer
-from .io.atomic import atomic_folder
-from .train.plots import save_figure
-from tqdm.auto import tqdm
-from .analysis import _new_figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from tqdm.auto import tqdm
+
+from .analysis import _new_figure
+from .config import refuse_unknown_fields
+from .demo import greedy_completions, one_line
+from .errors import ConfigError, InputError, MinipeftError
+from .io.atomic import atomic_folder
+from .io.files import check_output_folder
+from .io.jsonfile import read_json
+from .model import GPT2
+from .peft import (
+    BottleneckConfig,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from .tasks.restaurants import make_examples, score
+from .tokenizer import load_tokenizer
+from .train.data import batches, encode_examples
+from .train.plots import save_figure
+from .train.trainer import Trainer, TrainingArguments, evaluate, example_batches
 
 BUNDLED = "tiny-shakespeare"
 SWEEP_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_lr_sweep.json"
@@ -90,7 +93,8 @@ def method_configs():
         "lora": ("LoRA", "r=8, alpha=16, all linear layers", lora()),
         "rslora": ("rsLoRA", "r=8, alpha=16 (s = alpha/sqrt r), all linear layers", lora(use_rslora=True)),
         "dora": ("DoRA", "r=8, alpha=16, all linear layers, + magnitudes", lora(use_dora=True)),
-        "ia3": ("IA3", "peft's placement: c_attn out, mlp.c_proj in", lambda c: IA3Config(fan_in_fan_out=True)),
+        "ia3": ("IA3", "peft's placement: c_attn out, mlp.c_proj in",
+                lambda c: IA3Config(fan_in_fan_out=True)),
         "prefix": ("prefix tuning", "P=10, through the MLP (H = n_embd)",
                    lambda c: PrefixTuningConfig(num_virtual_tokens=10, prefix_projection=True)),
         "prompt": ("prompt tuning", "P=10, random init",
@@ -169,7 +173,10 @@ def task_data(cfg: CompareConfig, tok, n_positions: int):
     seen = {e["prompt"] for e in held_out}
     val = [e for e in make_examples(cfg.n_val + cfg.n_eval, seed=cfg.seed + VAL_SEED_OFFSET)
            if e["prompt"] not in seen][:cfg.n_val]
-    enc = lambda ex: encode_examples(one_line(ex), tok, n_positions, eos)
+
+    def enc(ex):
+        return encode_examples(one_line(ex), tok, n_positions, eos)
+
     return (enc(train), held_out, batches(enc(held_out), 16, cfg.seed, 0), val,
             batches(enc(val), 16, cfg.seed, 0))
 
@@ -429,7 +436,10 @@ def format_table(rows) -> str:
     head = ("method", "trainable", "%", "AdamW state", "peak MiB", "s/step", "train loss",
             "eval loss", "exact", "slot err", "on disk")
     lines = []
-    f = lambda v, fmt: "—" if v is None else format(v, fmt)
+
+    def f(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
     for r in rows:
         lines.append((r["label"] if r["method"] != "base" else "base model", f"{r['trainable_params']:,}",
                       f(r["trainable_percent"], ".2f"), _size(r["optimizer_state_bytes"] or None),
@@ -437,8 +447,11 @@ def format_table(rows) -> str:
                       f(r["train_loss"], ".3f"), f(r["eval_loss"], ".3f"),
                       f"{r['exact_match']:.0%}", f"{r['slot_error']:.0%}", _size(r["adapter_bytes"])))
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells):
+        return " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([fmt(head), "-+-".join("-" * w for w in widths)] + [fmt(l) for l in lines])
 
 

@@ -25,8 +25,8 @@ from .io.atomic import atomic_file
 from .io.files import check_output_folder
 from .model import GPT2
 from .peft import LoraConfig, get_peft_model
-from .tokenizer import load_tokenizer
 from .tasks.restaurants import make_examples, score
+from .tokenizer import load_tokenizer
 from .train.data import batches, encode_examples
 from .train.plots import plot_losses
 from .train.trainer import Trainer, TrainingArguments, example_batches

@@ -9,9 +9,16 @@ from __future__ import annotations
 import warnings
 
 from .errors import MinipeftError
-from .peft import BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
-from .peft import get_peft_model
 from .model.gpt2 import GPT2
+from .peft import (
+    BottleneckConfig,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+
 
 def methods(r: int = 8) -> list[tuple[str, object]]:
     """[(label, a PEFT config or None for full fine-tuning)], the rows of the table."""
@@ -22,7 +29,8 @@ def methods(r: int = 8) -> list[tuple[str, object]]:
         ("full fine-tuning", None),
         (f"LoRA r={r} c_attn", lora(target_modules=["c_attn"])),
         (f"LoRA r={r} all-linear", lora(target_modules="all-linear")),
-        (f"LoRA r={r} q,v slices of c_attn", lora(target_modules=["c_attn"], enable_lora=[True, False, True])),
+        (f"LoRA r={r} q,v slices of c_attn",
+         lora(target_modules=["c_attn"], enable_lora=[True, False, True])),
         (f"DoRA r={r} c_attn", lora(target_modules=["c_attn"], use_dora=True)),
         (f"LoRA r={r} c_attn + bias=all", lora(target_modules=["c_attn"], bias="all")),
         ("IA3 (peft's placement)", IA3Config()),

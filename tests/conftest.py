@@ -62,7 +62,8 @@ def torch_reference(model, input_ids, labels, attention_mask=None, dtype="float6
         lambda mod, inp, out: seen.__setitem__("embeddings", out))]
     for i, block in enumerate(m.transformer.h):
         hooks.append(block.register_forward_hook(
-            lambda mod, inp, out, i=i: seen.__setitem__(f"block.{i}", out[0] if isinstance(out, tuple) else out)))
+            lambda mod, inp, out, i=i: seen.__setitem__(f"block.{i}",
+                                                        out[0] if isinstance(out, tuple) else out)))
     hooks.append(m.transformer.ln_f.register_forward_hook(
         lambda mod, inp, out: seen.__setitem__("ln_f", out)))
     ids = torch.as_tensor(np.asarray(input_ids))

@@ -13,8 +13,16 @@ import warnings
 import numpy as np
 import pytest
 
-from minipeft import (GPT2, BottleneckConfig, GPT2Config, IA3Config, LoraConfig, PrefixTuningConfig,
-                      PromptTuningConfig, get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    GPT2Config,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from minipeft.train.pretrain import init_params
 
 CFG = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)

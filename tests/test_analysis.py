@@ -12,9 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from minipeft import (GPT2, GPT2Config, IA3Config, LoraConfig, PrefixTuningConfig,
-                      get_peft_model)
-from minipeft import analysis
+from minipeft import GPT2, GPT2Config, IA3Config, LoraConfig, PrefixTuningConfig, analysis, get_peft_model
 from minipeft.errors import ConfigError, InputError
 from minipeft.io.checkpoint import expected_shapes
 
@@ -263,8 +261,9 @@ def test_ia3_vectors_and_summary():
 
 
 def test_plots_do_not_touch_pyplot():
-    import matplotlib
     import sys
+
+    import matplotlib
     backend = matplotlib.get_backend() if "matplotlib.pyplot" in sys.modules else None
     fig = analysis.plot_prefix_attention_share(np.full((2, 3), 0.5))
     fig.savefig(__import__("io").BytesIO(), format="png")

@@ -492,7 +492,8 @@ class Destination:
 
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if "first" not in k])   # a loop's third save is never a first
+# a loop's third save is never a first
+@pytest.mark.parametrize("kind", [k for k in KINDS if "first" not in k])
 def test_timed_kills_leave_a_whole_version(kind, tmp_path):
     """8 SIGKILLs inside the third save of a loop (B over C), at seeded fractions of a
     save's duration: C or B, whole, every time."""
@@ -512,7 +513,8 @@ def test_timed_kills_leave_a_whole_version(kind, tmp_path):
     for fraction, seconds, saves, result, left in rows:
         print(f"  {fraction:.2f} of {seconds * 1e3:5.1f} ms -> {saves} saved, {result}, {left} left")
     bad = [r for r in rows if r[3] not in ("B", "C")]
-    assert not bad, f"{kind}: {len(bad)} of {len(rows)} kills left a destination that is not a whole version: {bad}"
+    assert not bad, (f"{kind}: {len(bad)} of {len(rows)} kills left a destination that is not a "
+                     f"whole version: {bad}")
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

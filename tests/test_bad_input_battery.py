@@ -25,10 +25,24 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from minipeft import (GPT2, BottleneckConfig, CheckpointError, ConfigError, GPT2Config,
-                      IA3Config, InputError, LoraConfig, MinipeftError, PeftModel,
-                      PrefixTuningConfig, PromptTuningConfig, WeightsNotFoundError,
-                      convert_checkpoint, get_peft_model, load_tokenizer)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    CheckpointError,
+    ConfigError,
+    GPT2Config,
+    IA3Config,
+    InputError,
+    LoraConfig,
+    MinipeftError,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    WeightsNotFoundError,
+    convert_checkpoint,
+    get_peft_model,
+    load_tokenizer,
+)
 from minipeft.cli import main
 from minipeft.demo import DemoConfig
 from minipeft.io.paths import bundled_dir
@@ -596,10 +610,13 @@ CASES = [
       r"describes 1\.44e\+16 parameters; minipeft takes at most 1e\+12 parameters"),
     C("data-line-nested-too-deep", lambda t: read_jsonl(jsonl(t, GOOD_LINE + "[" * 100_000 + "\n")),
       InputError, r"data\.jsonl, line 2 nests JSON too deeply to read"),
-    C("data-line-lone-surrogate", lambda t: read_jsonl(jsonl(t, '{"prompt": "a\\udcff", "completion": " b"}')),
+    C("data-line-lone-surrogate",
+      lambda t: read_jsonl(jsonl(t, '{"prompt": "a\\udcff", "completion": " b"}')),
       InputError, r"data\.jsonl, line 1: 'prompt' is not UTF-8 text: character 1 is the byte 0xff"),
-    C("data-file-not-utf8", lambda t: read_jsonl(latin1(t, "d.jsonl", '{"prompt": "café", "completion": " b"}')),
-      InputError, r"d\.jsonl, line 1: not UTF-8 text \(byte 0xe9 at column 16\); save the JSONL file as UTF-8"),
+    C("data-file-not-utf8",
+      lambda t: read_jsonl(latin1(t, "d.jsonl", '{"prompt": "café", "completion": " b"}')),
+      InputError,
+      r"d\.jsonl, line 1: not UTF-8 text \(byte 0xe9 at column 16\); save the JSONL file as UTF-8"),
     C("tokenizer-vocab-nested-too-deep", lambda t: load_tokenizer(
         bpe_folder(t, b"[" * 100_000)), CheckpointError,
       r"vocab\.json nests JSON too deeply to read.*good copy of GPT-2's vocab\.json / encoder\.json"),
@@ -632,6 +649,7 @@ def users_file(tmp):
 def bpe_folder(tmp, vocab: bytes):
     """A tokenizer folder: ``vocab`` as vocab.json beside GPT-2's merges."""
     import shutil
+
     from minipeft.tokenizer import GPT2_BPE_DIR
     (tmp / "tok").mkdir()
     (tmp / "tok" / "vocab.json").write_bytes(vocab)

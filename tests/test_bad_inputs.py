@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from minipeft import (GPT2, CheckpointError, ConfigError, GPT2Config, InputError, MinipeftError,
-                      WeightsNotFoundError, convert_checkpoint)
+from minipeft import (
+    GPT2,
+    CheckpointError,
+    ConfigError,
+    GPT2Config,
+    InputError,
+    MinipeftError,
+    WeightsNotFoundError,
+    convert_checkpoint,
+)
 from minipeft.io.checkpoint import load_folder
 
 CFG = dict(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=20)

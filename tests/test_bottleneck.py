@@ -25,16 +25,23 @@ import re
 
 import numpy as np
 import pytest
+from test_lora_vs_peft import SMALL, _config
 
-from minipeft import (GPT2, BottleneckConfig, BottleneckModel, CheckpointError, ConfigError,
-                      LoraConfig, PeftModel, get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    BottleneckModel,
+    CheckpointError,
+    ConfigError,
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+)
 from minipeft.io.checkpoint import normalize_names
 from minipeft.kernels import bottleneck as K
 from minipeft.peft import bottleneck as T
 from minipeft.peft.base import PREFIX
 from minipeft.testing import assert_close, cmp, max_rel, numerical_gradient
-
-from test_lora_vs_peft import SMALL, _config
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 FD_TOL = 1e-6

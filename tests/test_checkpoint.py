@@ -16,13 +16,19 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from minipeft import (GPT2, ConfigError, GPT2Config, HubError, MinipeftError,
-                      WeightsNotFoundError, convert_checkpoint)
+from minipeft import (
+    GPT2,
+    ConfigError,
+    GPT2Config,
+    HubError,
+    MinipeftError,
+    WeightsNotFoundError,
+    convert_checkpoint,
+)
 from minipeft.cli import main
 from minipeft.errors import CheckpointError
 from minipeft.io.checkpoint import expected_shapes, load_folder
 from minipeft.io.paths import HUB_NAMES
-
 from minipeft.tokenizer import GPT2_BPE_DIR
 
 CFG = dict(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=40)

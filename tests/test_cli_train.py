@@ -106,7 +106,8 @@ def test_finetune_every_method(tmp_path, capsys, method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuned = PeftModel.from_pretrained(GPT2.from_pretrained(BUNDLED), adapter)
-    assert evaluate(tuned, batches(enc, 8, 0, 0))["eval_loss"] < evaluate(base, batches(enc, 8, 0, 0))["eval_loss"]
+    assert (evaluate(tuned, batches(enc, 8, 0, 0))["eval_loss"]
+            < evaluate(base, batches(enc, 8, 0, 0))["eval_loss"])
     rc, out, err = run(capsys, "generate", BUNDLED, "name: The Eagle", "--adapter", adapter,
                        "--max-new-tokens", 6)
     assert rc == 0 and out.strip(), err

@@ -15,14 +15,13 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import build_hf_model
 
 from minipeft import GPT2, GPT2Config, LoraConfig, get_peft_model
 from minipeft.errors import ConfigError, InputError
 from minipeft.io.checkpoint import normalize_names
 from minipeft.model.generate import _positions, filter_scores, sample
 from minipeft.testing import cmp
-
-from conftest import build_hf_model
 
 SMALL = dict(n_layer=2, n_embd=24, n_head=3, vocab_size=50, n_positions=32)
 TOL_CACHE = 1e-12        # float64, the same expressions; only matmul blocking differs
@@ -131,7 +130,8 @@ def test_greedy_equals_transformers(pair, case):
 
 def test_greedy_with_lora_equals_peft(pair):
     import torch
-    from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import get_peft_model as torch_get_peft_model
     hf, model = pair
     pm_t = torch_get_peft_model(copy.deepcopy(hf), TorchLoraConfig(r=4, target_modules=["c_attn"])).eval()
     g = torch.Generator().manual_seed(0)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import torch_reference
 
 from minipeft import GPT2
 from minipeft.testing import assert_close, cmp
-
-from conftest import torch_reference
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 
@@ -22,9 +21,12 @@ TOL = {"float64": 1e-10, "float32": 1e-4}
 # padding on either side, T = n_positions, a custom MLP width.
 CASES = [
     ("1layer-1head-T=npos", dict(n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=11), 1, 8, None),
-    ("2layer-3head-rightpad", dict(n_layer=2, n_head=3, n_embd=24, n_positions=16, vocab_size=50), 3, 16, "right"),
-    ("3layer-5head-leftpad", dict(n_layer=3, n_head=5, n_embd=40, n_positions=32, vocab_size=97), 2, 20, "left"),
-    ("4layer-7head-T=npos-ninner", dict(n_layer=4, n_head=7, n_embd=56, n_positions=24, vocab_size=64, n_inner=100), 2, 24, None),
+    ("2layer-3head-rightpad", dict(n_layer=2, n_head=3, n_embd=24, n_positions=16, vocab_size=50),
+     3, 16, "right"),
+    ("3layer-5head-leftpad", dict(n_layer=3, n_head=5, n_embd=40, n_positions=32, vocab_size=97),
+     2, 20, "left"),
+    ("4layer-7head-T=npos-ninner",
+     dict(n_layer=4, n_head=7, n_embd=56, n_positions=24, vocab_size=64, n_inner=100), 2, 24, None),
 ]
 
 

@@ -13,12 +13,27 @@ import pytest
 
 from minipeft import GPT2, GPT2Config
 from minipeft.io.checkpoint import expected_shapes
-from minipeft.ops import (attention_backward, attention_forward, attention_mask_allowed,
-                          cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                          embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-                          layernorm_forward, linear_backward, linear_forward, merge_heads,
-                          merge_heads_backward, residual_backward, residual_forward,
-                          split_heads, split_heads_backward)
+from minipeft.ops import (
+    attention_backward,
+    attention_forward,
+    attention_mask_allowed,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+    merge_heads,
+    merge_heads_backward,
+    residual_backward,
+    residual_forward,
+    split_heads,
+    split_heads_backward,
+)
 from minipeft.testing import grad_check, max_rel, numerical_gradient
 
 TOL = 1e-6

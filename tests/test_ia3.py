@@ -20,15 +20,22 @@ import warnings
 
 import numpy as np
 import pytest
+from test_lora_vs_peft import SMALL, _config
+from test_lora_vs_peft import torch_loss_and_grads as lora_reference
 
-from minipeft import (GPT2, CheckpointError, ConfigError, GPT2Config, IA3Config, IA3Model,
-                      PeftModel, get_peft_model)
+from minipeft import (
+    GPT2,
+    CheckpointError,
+    ConfigError,
+    GPT2Config,
+    IA3Config,
+    IA3Model,
+    PeftModel,
+    get_peft_model,
+)
 from minipeft.kernels import ia3 as K
 from minipeft.peft import ia3 as T
 from minipeft.testing import assert_close, cmp, grad_check
-
-from test_lora_vs_peft import SMALL, _config
-from test_lora_vs_peft import torch_loss_and_grads as lora_reference
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 FD_TOL = 1e-6
@@ -52,7 +59,8 @@ def make_pair(hf_model, kwargs, dtype="float64", seed=0, paper=False):
     """-> (peft model, minipeft model) with equal random ia3 vectors (1 + 0.4·N(0, 1)).
     ``paper``: minipeft scales only c_attn's k, v; peft's q entries are set to 1."""
     import torch
-    from peft import IA3Config as TorchIA3Config, get_peft_model as torch_get_peft_model
+    from peft import IA3Config as TorchIA3Config
+    from peft import get_peft_model as torch_get_peft_model
     tm = copy.deepcopy(hf_model).to(getattr(torch, dtype))
     from minipeft.io.checkpoint import normalize_names
     state = {k: v.numpy().copy() for k, v in tm.state_dict().items()}
@@ -199,7 +207,8 @@ def test_minipeft_saved_adapter_loads_in_peft(hf_checkpoint, tmp_path, kwargs):
 
 
 def test_saved_config_has_peft_keys_and_values(hf_checkpoint, tmp_path):
-    from peft import IA3Config as TorchIA3Config, get_peft_model as torch_get_peft_model
+    from peft import IA3Config as TorchIA3Config
+    from peft import get_peft_model as torch_get_peft_model
     folder, hf_model = hf_checkpoint(seed=3, **SMALL)
     quiet(torch_get_peft_model, copy.deepcopy(hf_model), TorchIA3Config()).save_pretrained(tmp_path / "t")
     quiet(get_peft_model, base_model(folder), IA3Config()).save_pretrained(tmp_path / "m")

@@ -12,12 +12,18 @@ import warnings
 
 import numpy as np
 import pytest
-
-from minipeft import (CheckpointError, ConfigError, GPT2, LoraConfig, PeftModel,
-                      WeightsNotFoundError, get_peft_model)
-from minipeft.testing import cmp
-
 from test_lora_vs_peft import SMALL, make_pair
+
+from minipeft import (
+    GPT2,
+    CheckpointError,
+    ConfigError,
+    LoraConfig,
+    PeftModel,
+    WeightsNotFoundError,
+    get_peft_model,
+)
+from minipeft.testing import cmp
 
 IDS = np.array([[3, 14, 15, 9, 2, 6, 5, 35], [8, 9, 7, 9, 3, 23, 8, 4]])
 
@@ -105,7 +111,8 @@ def test_minipeft_saved_adapter_loads_in_peft(hf_checkpoint, tmp_path, case):
 
 
 def test_named_adapters_save_in_subfolders_and_configs_round_trip(hf_checkpoint, tmp_path):
-    from peft import LoraConfig as TorchLoraConfig, PeftConfig
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import PeftConfig
     folder, _ = hf_checkpoint(seed=3, **SMALL)
     pm = quiet_peft(base_model(folder, np.float32),
                     LoraConfig(r=4, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.1))

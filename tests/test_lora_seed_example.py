@@ -12,18 +12,18 @@ import copy
 import warnings
 
 import numpy as np
+from test_lora_vs_peft import peft_name
 
 from minipeft import GPT2, LoraConfig, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
-
-from test_lora_vs_peft import peft_name
 
 SEED = dict(r=8, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.1, bias="none")
 
 
 def test_seed_example_at_124m(hf_checkpoint, capsys):
     import torch
-    from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import get_peft_model as torch_get_peft_model
     folder, hf_model = hf_checkpoint(seed=0)                      # GPT2Config(): the 124M shape
     ids = np.array([load_tokenizer("gpt2").encode("Hello, PEFT!").ids])   # bundled, offline
     assert ids.shape == (1, 5)

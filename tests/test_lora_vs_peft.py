@@ -31,7 +31,8 @@ def peft_name(torch_name: str) -> str:
 def make_pair(hf_model, config_kwargs, dtype="float64", seed=0):
     """-> (peft model, minipeft PeftModel) with equal random LoRA tensors."""
     import torch
-    from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import get_peft_model as torch_get_peft_model
     tm = copy.deepcopy(hf_model).to(getattr(torch, dtype))
     with torch.no_grad():
         state = {k: v.numpy().copy() for k, v in tm.state_dict().items()}
@@ -156,4 +157,5 @@ def test_training_dropout_equals_peft_with_the_same_masks(hf_checkpoint, variant
     _, loss_t, grads_t = torch_loss_and_grads(pm_t, ids, ids)
     assert cmp("loss", loss, loss_t, 1e-10) <= 1e-10
     assert_close(grads, grads_t, 1e-10)
-    assert abs(loss - pm.eval().loss(ids, ids)) > 1e-8 * abs(loss)     # dropout did something (beyond round-off)
+    # dropout did something (beyond round-off)
+    assert abs(loss - pm.eval().loss(ids, ids)) > 1e-8 * abs(loss)

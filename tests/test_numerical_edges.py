@@ -14,14 +14,21 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import build_hf_model, torch_reference
 
 from minipeft import GPT2, GPT2Config
-from minipeft.ops import (attention_backward, attention_forward, attention_mask_allowed,
-                          cross_entropy_backward, cross_entropy_forward, gelu_backward,
-                          gelu_forward, layernorm_backward, layernorm_forward)
+from minipeft.ops import (
+    attention_backward,
+    attention_forward,
+    attention_mask_allowed,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from minipeft.testing import max_rel
-
-from conftest import build_hf_model, torch_reference
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -325,7 +332,8 @@ def test_weights_times_1000_give_finite_logits_equal_to_torch():
     torch_noise = largest_rel(torch_reference(hf_nudged, IDS, IDS)["grads"], ref["grads"])
     print(f"\ngradients, max_rel: minipeft float64 vs torch float64 {largest_rel(grads, ref['grads']):.1e}; "
           f"torch float64 nudged by 1e-15 {torch_noise:.1e}; minipeft nudged "
-          f"{largest_rel(grads_nudged, grads):.1e}; minipeft float32 vs float64 {largest_rel(grads32, grads):.1e}; "
+          f"{largest_rel(grads_nudged, grads):.1e}; "
+          f"minipeft float32 vs float64 {largest_rel(grads32, grads):.1e}; "
           f"torch float32 vs float64 {largest_rel(ref32['grads'], ref['grads']):.1e}")
     assert largest_rel(grads, ref["grads"]) <= max(1e-10, 10 * torch_noise)
     assert largest_rel(grads32, grads) <= 1e-3

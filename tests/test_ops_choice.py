@@ -18,8 +18,17 @@ import numpy as np
 import pytest
 
 import minipeft
-from minipeft import (GPT2, BottleneckConfig, GPT2Config, IA3Config, LoraConfig, PeftModel,
-                      PrefixTuningConfig, PromptTuningConfig, get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    GPT2Config,
+    IA3Config,
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from minipeft import ops as twins
 from minipeft.train.pretrain import init_params
 

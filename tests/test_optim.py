@@ -233,7 +233,8 @@ def test_training_full_finetune_matches_torch(hf_checkpoint):
 
 
 def test_training_lora_matches_peft(hf_checkpoint):
-    from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import get_peft_model as torch_get_peft_model
     folder, hf = hf_checkpoint(0, **SMALL)
     lora = dict(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
     tm = torch_get_peft_model(copy.deepcopy(hf).double(), TorchLoraConfig(**lora)).eval()

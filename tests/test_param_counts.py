@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from minipeft import (GPT2, BottleneckConfig, GPT2Config, IA3Config, LoraConfig,
-                      PrefixTuningConfig, PromptTuningConfig, get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    GPT2Config,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from minipeft.train.pretrain import init_params
 
 README = Path(__file__).resolve().parents[1] / "README.md"

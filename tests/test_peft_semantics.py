@@ -18,9 +18,19 @@ import warnings
 import numpy as np
 import pytest
 
-from minipeft import (GPT2, BottleneckConfig, ConfigError, GPT2Config, IA3Config, LoraConfig,
-                      MinipeftError, PeftModel, PrefixTuningConfig, PromptTuningConfig,
-                      get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    ConfigError,
+    GPT2Config,
+    IA3Config,
+    LoraConfig,
+    MinipeftError,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from minipeft.peft import base as peft_base
 from minipeft.peft.base import check_adapter_name
 from minipeft.testing import max_rel
@@ -150,7 +160,8 @@ HUGE = 10 ** 12
                                                                                 "default": 4})),
 ])
 def test_sizes_no_memory_can_hold_are_refused_before_allocating(method, config):
-    with pytest.raises(ConfigError, match=r"would need [\d,]+ values = [\d,]+ bytes \([\d.,]+ [KMGTPE]iB\) .*more "
+    with pytest.raises(ConfigError, match=r"would need [\d,]+ values = [\d,]+ bytes "
+                                          r"\([\d.,]+ [KMGTPE]iB\) .*more "
                                           r"than this machine's memory .*choose smaller sizes"):
         quiet(get_peft_model, tiny(), config())
 
@@ -341,8 +352,10 @@ def test_a_second_adapter_with_bias_is_refused_as_peft_does(tmp_path):
 
 def test_peft_refuses_the_same_second_adapter():
     """The rule is peft's own (tuners_utils.BaseTuner._check_new_adapter_config)."""
-    from peft import LoraConfig as TorchLoraConfig, get_peft_model as torch_get_peft_model
-    from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
+    from peft import LoraConfig as TorchLoraConfig
+    from peft import get_peft_model as torch_get_peft_model
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2LMHeadModel
     tm = GPT2LMHeadModel(HFConfig(n_layer=1, n_head=2, n_embd=8, n_positions=16, vocab_size=20))
     pm_t = quiet(torch_get_peft_model, tm, TorchLoraConfig(r=2, bias="all"))
     with pytest.raises(ValueError, match="supports only 1 adapter with bias"):

@@ -27,8 +27,17 @@ import warnings
 import numpy as np
 import pytest
 
-from minipeft import (CheckpointError, ConfigError, GPT2, GPT2Config, InputError, PeftModel,
-                      PrefixTuningConfig, PrefixTuningModel, get_peft_model)
+from minipeft import (
+    GPT2,
+    CheckpointError,
+    ConfigError,
+    GPT2Config,
+    InputError,
+    PeftModel,
+    PrefixTuningConfig,
+    PrefixTuningModel,
+    get_peft_model,
+)
 from minipeft.io.checkpoint import normalize_names
 from minipeft.testing import assert_close, cmp, numerical_gradient
 
@@ -71,7 +80,8 @@ def copy_in(pm, theirs: dict, seed=0):
 def peft_pair(hf_model, projection, dtype="float64", **kw):
     """-> (peft model, minipeft PrefixTuningModel, torch params by minipeft name)."""
     import torch
-    from peft import PrefixTuningConfig as TorchConfig, get_peft_model as torch_get_peft_model
+    from peft import PrefixTuningConfig as TorchConfig
+    from peft import get_peft_model as torch_get_peft_model
     pm_t = torch_get_peft_model(copy.deepcopy(hf_model), TorchConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=P, prefix_projection=projection,
         encoder_hidden_size=H))
@@ -265,7 +275,8 @@ def test_interop_both_ways(hf_checkpoint, tmp_path, projection):
     """peft's saved adapter loads in minipeft and the other way round; both write the same
     config, and the projection's MLP is dropped (the saved prefix is its output)."""
     import torch
-    from peft import PeftConfig, PeftModel as TorchPeftModel
+    from peft import PeftConfig
+    from peft import PeftModel as TorchPeftModel
     folder, hf_model = hf_checkpoint(seed=3, **SMALL)
     pm_t, pm, _ = peft_pair(hf_model, projection, "float32")
     with torch.no_grad():

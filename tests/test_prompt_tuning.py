@@ -21,8 +21,17 @@ import json
 import numpy as np
 import pytest
 
-from minipeft import (ConfigError, GPT2, GPT2Config, InputError, PeftModel, PromptTuningConfig,
-                      PromptTuningModel, WeightsNotFoundError, get_peft_model)
+from minipeft import (
+    GPT2,
+    ConfigError,
+    GPT2Config,
+    InputError,
+    PeftModel,
+    PromptTuningConfig,
+    PromptTuningModel,
+    WeightsNotFoundError,
+    get_peft_model,
+)
 from minipeft.io.checkpoint import normalize_names
 from minipeft.kernels import prompt as K
 from minipeft.peft import prompt as T
@@ -43,7 +52,8 @@ def base_from(hf_model, dtype):
 def make_pair(hf_model, dtype="float64", seed=0, **config):
     """-> (peft model, minipeft PromptTuningModel) with the same random prompt."""
     import torch
-    from peft import PromptTuningConfig as TorchConfig, get_peft_model as torch_get_peft_model
+    from peft import PromptTuningConfig as TorchConfig
+    from peft import get_peft_model as torch_get_peft_model
     config = {"num_virtual_tokens": P, **config}
     # peft makes the prompt in float32 whatever the model's dtype: cast the whole model after
     pm_t = torch_get_peft_model(copy.deepcopy(hf_model), TorchConfig(task_type="CAUSAL_LM", **config))
@@ -209,8 +219,10 @@ def test_inits(hf_checkpoint):
     """TEXT equals peft's (its AutoTokenizer reads the bundled tokenizer folder too);
     RANDOM is N(0, 1) and SAMPLE_VOCAB rows of wte, as peft's (another random stream)."""
     import torch
+    from peft import PromptTuningConfig as TorchConfig
+    from peft import get_peft_model as torch_get_peft_model
+
     from minipeft.io.paths import bundled_dir
-    from peft import PromptTuningConfig as TorchConfig, get_peft_model as torch_get_peft_model
     _, hf_model = hf_checkpoint(seed=1, n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=2048)
     for text, n in (("Hello there, good sir", 16), ("To be, or not to be, that is the question", 5)):
         kw = dict(num_virtual_tokens=n, prompt_tuning_init="TEXT", prompt_tuning_init_text=text)

@@ -9,8 +9,16 @@ import pytest
 
 from minipeft.errors import InputError
 from minipeft.tasks import restaurants
-from minipeft.tasks.restaurants import (NAMES, SLOT_VALUES, check, format_examples,
-                                        make_examples, parse_prompt, realize, score)
+from minipeft.tasks.restaurants import (
+    NAMES,
+    SLOT_VALUES,
+    check,
+    format_examples,
+    make_examples,
+    parse_prompt,
+    realize,
+    score,
+)
 from minipeft.train.data import read_jsonl
 
 

@@ -21,15 +21,26 @@ import signal
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.numpy
 
-from minipeft import (GPT2, BottleneckConfig, CheckpointError, ConfigError, GPT2Config, IA3Config,
-                      LoraConfig, MinipeftError, PeftModel, PrefixTuningConfig,
-                      PromptTuningConfig, WeightsNotFoundError, get_peft_model)
+from minipeft import (
+    GPT2,
+    BottleneckConfig,
+    CheckpointError,
+    ConfigError,
+    GPT2Config,
+    IA3Config,
+    LoraConfig,
+    MinipeftError,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    WeightsNotFoundError,
+    get_peft_model,
+)
 from minipeft.errors import SaveError
 from minipeft.io.checkpoint import hf_config_dict, save_folder
 from minipeft.io.paths import file_in_folder
@@ -817,8 +828,8 @@ def test_float8_and_float4_tensors_are_refused_by_name(tmp_path, dtype):
     params = safetensors.numpy.load_file(str(folder / "model.safetensors"))
     tensors = {k: ("F32", v.shape, v.tobytes()) for k, v in params.items()}
     n = int(np.prod(params["transformer.h.0.attn.c_proj.weight"].shape))
-    tensors["transformer.h.0.attn.c_proj.weight"] = (dtype, params["transformer.h.0.attn.c_proj.weight"].shape,
-                                                     b"\x00" * n)
+    name = "transformer.h.0.attn.c_proj.weight"
+    tensors[name] = (dtype, params[name].shape, b"\x00" * n)
     raw_safetensors(folder / "model.safetensors", tensors)
     with pytest.raises(CheckpointError, match=rf"transformer\.h\.0\.attn\.c_proj\.weight has dtype {dtype}"):
         GPT2.from_pretrained(folder)

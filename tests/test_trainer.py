@@ -9,10 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from minipeft import ConfigError, GPT2, GPT2Config, LoraConfig, get_peft_model
+from minipeft import GPT2, ConfigError, GPT2Config, LoraConfig, get_peft_model
 from minipeft.train.pretrain import init_params
-from minipeft.train.trainer import (Trainer, TrainingArguments, TrainingError, evaluate,
-                                    example_batches)
+from minipeft.train.trainer import Trainer, TrainingArguments, TrainingError, evaluate, example_batches
 
 CFG = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=31)
 

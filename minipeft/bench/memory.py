@@ -42,7 +42,7 @@ def _reset_peak() -> bool:
 
 
 def _maxrss_mib() -> float:
-    import resource                          # POSIX only: imported where it is needed
+    import resource  # POSIX only: imported where it is needed
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024    # bytes on macOS, KiB on Linux
 

@@ -32,7 +32,7 @@ TORCH_MISSING = (
 def require_torch():
     """-> (torch, transformers, peft), or a MinipeftError saying how to install them."""
     try:
-        import peft                 # optional (the test extra): the reference side
+        import peft  # optional (the test extra): the reference side
         import torch
         import transformers
     except ImportError as e:

@@ -14,12 +14,26 @@ from .config import BenchConfig
 from .matmul import matmul_peak, matmul_rates
 from .memory import measure_memory
 from .methods import measure_methods
-from .models import (batch_ids, build_hf, minipeft_from_hf, minipeft_lora, minipeft_random,
-                     require_torch, torch_lora)
+from .models import (
+    batch_ids,
+    build_hf,
+    minipeft_from_hf,
+    minipeft_lora,
+    minipeft_random,
+    require_torch,
+    torch_lora,
+)
 from .profile import profile_step
 from .report import print_report
-from .timing import (minipeft_decode, minipeft_forward, minipeft_step, time_alternating,
-                     torch_decode, torch_forward, torch_step)
+from .timing import (
+    minipeft_decode,
+    minipeft_forward,
+    minipeft_step,
+    time_alternating,
+    torch_decode,
+    torch_forward,
+    torch_step,
+)
 
 
 def machine_info(with_torch: bool) -> dict:
@@ -57,7 +71,7 @@ def _log(msg: str) -> None:
 
 def same_weights_check(base, hf, ids) -> dict:
     """The two models are the same: max|a − b| / max|b| of their logits on the batch."""
-    import torch                    # optional: only with the reference side (require_torch)
+    import torch  # optional: only with the reference side (require_torch)
     with torch.no_grad():
         ref = hf(input_ids=torch.as_tensor(ids), use_cache=False).logits.numpy()
     ours = base(ids)

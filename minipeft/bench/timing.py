@@ -22,7 +22,7 @@ def minipeft_step(pm, opt, ids):
 
 def torch_step(pm_t, opt, ids):
     """One training step of peft: forward with labels, backward, AdamW, zero_grad."""
-    import torch                    # optional: the reference side (require_torch checked it)
+    import torch  # optional: the reference side (require_torch checked it)
     tids = torch.as_tensor(ids)
 
     def step():
@@ -39,7 +39,7 @@ def minipeft_forward(model, ids):
 
 
 def torch_forward(hf, ids):
-    import torch                    # optional: the reference side (require_torch checked it)
+    import torch  # optional: the reference side (require_torch checked it)
     tids = torch.as_tensor(ids)
 
     def forward():
@@ -53,7 +53,7 @@ def minipeft_decode(model, prompt, n):
 
 
 def torch_decode(hf, prompt, n):
-    import torch                    # optional: the reference side (require_torch checked it)
+    import torch  # optional: the reference side (require_torch checked it)
     tprompt = torch.as_tensor(prompt)
     mask = torch.ones_like(tprompt)
     eos = hf.config.eos_token_id

@@ -13,10 +13,9 @@ the order of a check and how a wrong answer is recognised.
 """
 from __future__ import annotations
 
-from . import part1_ops, part2_lora, part3_methods, part4_training
-from .core import (RECORD_ENV, STRICT_ENV, Exercise, ExerciseFailed, Misconception, Verdict,
-                   max_rel)
 from ..errors import MinipeftError
+from . import part1_ops, part2_lora, part3_methods, part4_training
+from .core import RECORD_ENV, STRICT_ENV, Exercise, ExerciseFailed, Misconception, Verdict, max_rel
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for part in (part1_ops, part2_lora, part3_methods,
                                                           part4_training)

@@ -62,7 +62,7 @@ LAYERNORM_FORWARD = Exercise(
 
 
 def _ln_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _ln_cases(rng)[1]
     ours = fn(*(c[a] for a in ("x", "g", "b", "eps")))
     t = torch.nn.functional.layer_norm(torch.tensor(c["x"]), (c["x"].shape[-1],),
@@ -117,7 +117,7 @@ def _lnb_fd(fn, rng):
 
 
 def _lnb_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _lnb_cases(rng)[1]
     dx, dg, db = fn(c["dout"].copy(), c["x"].copy(), c["g"].copy(), c["eps"])
     x = torch.tensor(c["x"], requires_grad=True)
@@ -191,7 +191,7 @@ def _gelu_fd(fn, rng):
 
 
 def _gelu_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _gelu_cases(rng)[0]
     dx = fn(c["dout"].copy(), c["x"].copy())
     x = torch.tensor(c["x"], requires_grad=True)
@@ -259,7 +259,7 @@ def _attn_cases(rng):
 
 
 def _attn_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _attn_cases(rng)[1]
     y = fn(*(c[n].copy() for n in "qkv"))
     t = torch.nn.functional.scaled_dot_product_attention(*(torch.tensor(c[n]) for n in "qkv"),
@@ -334,7 +334,7 @@ def _attnb_fd(fn, rng):
 
 
 def _attnb_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _attnb_cases(rng)[1]
     dq, dk, dv = fn(*(c[n].copy() for n in ("dy", "q", "k", "v")))
     q, k, v = (torch.tensor(c[n], requires_grad=True) for n in "qkv")
@@ -410,7 +410,7 @@ def _ce_cases(rng):
 
 
 def _ce_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _ce_cases(rng)[1]
     loss, d = fn(c["logits"].copy(), c["targets"].copy())
     x = torch.tensor(c["logits"], requires_grad=True)

@@ -59,7 +59,7 @@ def _lora_wrong(kind):
 
 
 def _lora_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _layer_cases(rng)[1]
     h = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in LORA_FORWARD.args))
     t = {k: torch.tensor(v) for k, v in c.items() if isinstance(v, np.ndarray)}
@@ -133,13 +133,16 @@ def _lorab_fd(fn, rng):
     dh = rng.standard_normal((3, 6))
     dx, dA, dB = fn(dh.copy(), c["x"].copy(), c["W"].copy(), c["A"].copy(), c["B"].copy(),
                     c["lora_alpha"], c["r"])
-    f = lambda: float(np.sum(_lora_ref(c["x"], c["W"], c["b"], c["A"], c["B"], c["lora_alpha"],
-                                       c["r"]) * dh))
+
+    def f():
+        out = _lora_ref(c["x"], c["W"], c["b"], c["A"], c["B"], c["lora_alpha"], c["r"])
+        return float(np.sum(out * dh))
+
     return fd_errors(f, {"dx": c["x"], "dA": c["A"], "dB": c["B"]}, {"dx": dx, "dA": dA, "dB": dB})
 
 
 def _lorab_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _lorab_cases(rng)[1]
     dx, dA, dB = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in LORA_BACKWARD.args))
     t = {k: torch.tensor(v, requires_grad=True) for k, v in c.items() if isinstance(v, np.ndarray)}
@@ -195,7 +198,7 @@ def _merge_cases(rng):
 
 
 def _merge_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _merge_cases(rng)[1]
     Wm = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in LORA_MERGE.args))
     x = rng.standard_normal((4, c["W"].shape[0]))
@@ -244,7 +247,7 @@ def _norm_wrong(kind):
 
 
 def _norm_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _merge_cases(rng)[1]
     n = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in DORA_NORM.args))
     t = {k: torch.tensor(v) for k, v in c.items() if isinstance(v, np.ndarray)}
@@ -313,7 +316,7 @@ def _dora_cases(rng):
 
 
 def _dora_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _dora_cases(rng)[1]
     h = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in DORA_FORWARD.args))
     t = {k: torch.tensor(v) for k, v in c.items() if isinstance(v, np.ndarray)}
@@ -406,7 +409,7 @@ def _dorab_fd(fn, rng):
 
 
 def _dorab_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _dorab_cases(rng)[1]
     dx, dA, dB, dm = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in DORA_BACKWARD.args))
     t = {k: torch.tensor(v, requires_grad=True) for k, v in c.items() if isinstance(v, np.ndarray)}

@@ -53,7 +53,7 @@ def _ia3_cases(rng):
 
 
 def _ia3_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     errs = []
     for c in _ia3_cases(rng)[2:]:
         h = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in IA3_FORWARD.args))
@@ -130,7 +130,7 @@ def _ia3b_fd(fn, rng):
 
 
 def _ia3b_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     errs = []
     for c in _ia3b_cases(rng)[2:]:
         dx, dl = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in IA3_BACKWARD.args))
@@ -211,7 +211,7 @@ def _prefix_cases(rng):
 
 
 def _prefix_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _prefix_cases(rng)[1]
     y = fn(*(c[a].copy() for a in PREFIX_ATTENTION.args))
     B = c["q"].shape[0]
@@ -280,7 +280,7 @@ def _prompt_fd(fn, rng):
 
 
 def _prompt_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _prompt_cases(rng)[1]
     P = c["num_virtual_tokens"]
     B, T, C = c["dx"].shape
@@ -332,7 +332,8 @@ def _bn_wrong(kind):
             f = hdn @ W_up.T + b_up
         else:
             f = np.maximum(hdn, 0) @ W_up.T + b_up
-        return {"residual_missing": f, "sublayer_lost": x + f, "x_added_twice": 2 * x + a + f}.get(kind, x + a + f)
+        return {"residual_missing": f, "sublayer_lost": x + f,
+                "x_added_twice": 2 * x + a + f}.get(kind, x + a + f)
     return wrong
 
 
@@ -351,7 +352,7 @@ BN_HINT = ("A shape error: the adapter's weights keep nn.Linear's [out, in] layo
 
 
 def _bn_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _bn_cases(rng)[1]
     y = fn(*(c[a].copy() for a in BOTTLENECK_FORWARD.args))
     t = {k: torch.tensor(v) for k, v in c.items()}
@@ -432,7 +433,7 @@ def _bnb_fd(fn, rng):
 
 
 def _bnb_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _bnb_cases(rng)[1]
     got = fn(*(c[a].copy() for a in BOTTLENECK_BACKWARD.args))
     t = {k: torch.tensor(v, requires_grad=k != "dy") for k, v in c.items()}

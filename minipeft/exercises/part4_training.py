@@ -13,8 +13,14 @@ import numpy as np
 
 from ..config import GPT2Config
 from ..model.gpt2 import GPT2
-from ..peft import (BottleneckConfig, IA3Config, LoraConfig, PrefixTuningConfig,
-                    PromptTuningConfig, get_peft_model)
+from ..peft import (
+    BottleneckConfig,
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from ..train.optim import AdamW
 from ..train.pretrain import expected_shapes, init_params
 from ..train.trainer import Trainer, TrainingArguments
@@ -66,7 +72,7 @@ def _adamw_cases(rng):
 
 
 def _adamw_torch(fn, rng):
-    import torch            # optional: the torch reference runs only where it is installed
+    import torch  # optional: the torch reference runs only where it is installed
     c = _adamw_cases(rng)[0]
     p, m, v = fn(*(c[a].copy() if isinstance(c[a], np.ndarray) else c[a] for a in ADAMW_ARGS))
     tp = torch.nn.Parameter(torch.tensor(c["param"]))

@@ -33,9 +33,9 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import MinipeftError
-from .core import RECORD_ENV, STRICT_ENV
-from . import EXERCISES
 from ..io.files import check_output_folder
+from . import EXERCISES
+from .core import RECORD_ENV, STRICT_ENV
 
 STATUSES = ("passed", "failed", "not attempted", "error")
 MARK = {"passed": "ok", "failed": "FAIL", "not attempted": "-", "error": "ERR", None: ""}
@@ -45,7 +45,7 @@ CHECK_CALL = re.compile(r"""check\(\s*["']([A-Za-z_0-9]+)["']""")
 # ------------------------------------------------------------------ one submission
 def _execute(path: str, workdir: str, cell_timeout: int, pidfile: str) -> int:
     """The child process: run the notebook with nbclient, print a JSON summary of its errors."""
-    import nbformat                 # optional (the test extra): only the child runs notebooks
+    import nbformat  # optional (the test extra): only the child runs notebooks
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
@@ -62,7 +62,8 @@ def _execute(path: str, workdir: str, cell_timeout: int, pidfile: str) -> int:
     try:
         client.execute()
     except Exception as e:                      # a timeout, a dead kernel, ...
-        status = f"stopped: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        status = f"stopped: {type(e).__name__}: {last}"[:300]
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     for i, cell in enumerate(code_cells, start=1):
         for out in cell.get("outputs", []):
@@ -159,7 +160,8 @@ def run_submission(path: Path, timeout: float, registry) -> dict:
         v = verdicts.get(name)
         row["exercises"][name] = ({"status": "error", "misconception": None,
                                    "message": "no verdict: the check did not run"} if v is None else
-                                  {"status": v.get("status", "error"), "misconception": v.get("misconception"),
+                                  {"status": v.get("status", "error"),
+                                   "misconception": v.get("misconception"),
                                    "message": v.get("message", "")})
     row["seconds"] = round(time.monotonic() - start, 1)
     return row

@@ -34,6 +34,7 @@ into and publishes what was written in one atomic step:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import os
@@ -47,7 +48,6 @@ from pathlib import Path
 
 from ..errors import MinipeftError, SaveError
 from .files import check_output_folder
-import ctypes
 
 OURS = ".minipeft"           # every hidden name minipeft makes inside a user's folder starts so
 

@@ -19,24 +19,22 @@ warning naming the tensor. Reading one weights file is in ``tensors.py``, writin
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy  # save_file read at each save, so a test can make it fail
 
 from ..config import GPT2Config
 from ..errors import CheckpointError, MinipeftError, WeightsNotFoundError
 from .atomic import atomic_save, read_dir
-from .jsonfile import read_json
-from .paths import file_in_folder
-from .tensors import read_bin, read_safetensors
-import hashlib
-import safetensors.numpy      # save_file read at each save, so a test can make it fail
-
 from .hub import download
-from .paths import HUB_NAMES, bundled_dir, bundled_names, weights_dir
+from .jsonfile import read_json
+from .paths import HUB_NAMES, bundled_dir, bundled_names, file_in_folder, weights_dir
+from .tensors import read_bin, read_safetensors
 
 FORMAT_VERSION = 1
 

@@ -35,7 +35,7 @@ def _offline_help(name: str) -> str:
 def download(name: str) -> Path:
     """Fetch the hub folder of ``name`` into the Hugging Face cache; return its path."""
     try:
-        from huggingface_hub import snapshot_download     # optional: pip install 'minipeft[hub]'
+        from huggingface_hub import snapshot_download  # optional: pip install 'minipeft[hub]'
     except ImportError:
         raise HubError(
             f"{name!r} is not converted under {weights_dir()} and downloading it needs "

@@ -14,11 +14,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from ..errors import CheckpointError
 from .jsonfile import parse_json
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
 # safetensors dtypes NumPy holds (BF16 read by hand below); the others (F8_E4M3, F8_E5M2,
 # F8_E8M0, F6_*, F4, ...) are refused by name.
@@ -137,7 +137,7 @@ def read_bin(path: Path) -> dict:
     """{name: array} of a PyTorch state dict (float tensors as float32), read with
     ``weights_only=True``: nothing but tensors is unpickled."""
     try:
-        import torch                # optional: only pytorch_model.bin needs it
+        import torch  # optional: only pytorch_model.bin needs it
     except ImportError:
         raise CheckpointError(
             f"{path} is a PyTorch pickle, and reading it needs torch (pip install torch). "

@@ -34,10 +34,17 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..ops import (LayerNormCache, linear_backward, linear_forward,  # noqa: F401 (the table)
-                   merge_heads, merge_heads_backward, split_heads, split_heads_backward)
+from ..ops import (  # noqa: F401 (the table)
+    LayerNormCache,
+    linear_backward,
+    linear_forward,
+    merge_heads,
+    merge_heads_backward,
+    split_heads,
+    split_heads_backward,
+)
 from ..ops.loss import IGNORE_INDEX
-from .attention import attention_backward, attention_forward   # noqa: F401 (the table)
+from .attention import attention_backward, attention_forward  # noqa: F401 (the table)
 
 _jit = dict(cache=True, fastmath=False)
 _K = math.sqrt(2.0 / math.pi)                  # GELU's constants, the twin's (ops/gelu.py)

@@ -31,16 +31,30 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import ops as twins
 from ..config import GPT2Config
 from ..errors import ConfigError, InputError
 from ..io.checkpoint import check_params, load_folder, resolve_model_folder, save_folder
-from .. import ops as twins
-from ..ops import (IGNORE_INDEX, attention_mask_allowed, cross_entropy_forward, embedding_backward,
-                   embedding_forward, residual_backward, residual_forward, shift_labels)
-from .generate import generate as _generate
-from .inputs import (_as_int_array, check_attention_mask, check_input_ids, check_labels,
-                     check_past_key_values, check_position_ids)
 from ..kernels import ops as kernels
+from ..ops import (
+    IGNORE_INDEX,
+    attention_mask_allowed,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    residual_backward,
+    residual_forward,
+    shift_labels,
+)
+from .generate import generate as _generate
+from .inputs import (
+    _as_int_array,
+    check_attention_mask,
+    check_input_ids,
+    check_labels,
+    check_past_key_values,
+    check_position_ids,
+)
 
 DTYPES = (np.float32, np.float64)
 
@@ -186,7 +200,8 @@ class GPT2:
         xf, lnf_cache = self.ops.layernorm_forward(x, P["transformer.ln_f.weight"],
                                                    P["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
         B, C = xf.shape[0], xf.shape[-1]
-        logits = (xf.reshape(-1, C) @ P["transformer.wte.weight"].T).reshape(B, T, -1)  # (B, T, V) tied lm_head
+        # (B, T, V): lm_head is tied to wte
+        logits = (xf.reshape(-1, C) @ P["transformer.wte.weight"].T).reshape(B, T, -1)
         cache = {
             "embedding": emb_cache,      # ids (B, T), positions (B, T)
             "layers": layer_caches,      # one dict per block, see _block_forward

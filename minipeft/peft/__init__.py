@@ -26,7 +26,7 @@
 """
 from .base import PeftModel
 from .bottleneck_config import BottleneckConfig
-from .bottleneck_model import BottleneckModel          # each *_model module registers its method
+from .bottleneck_model import BottleneckModel  # each *_model module registers its method
 from .ia3_config import IA3Config
 from .ia3_model import IA3Model
 from .lora_config import LoraConfig

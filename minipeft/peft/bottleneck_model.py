@@ -24,14 +24,13 @@ import copy
 
 import numpy as np
 
+from ..kernels import bottleneck as kernels
 from ..ops import residual_backward
 from . import bottleneck as twin
 from .base import PREFIX, PeftModel, check_fits
 from .bottleneck_config import LOCATIONS, BottleneckConfig, adapter_shapes
 from .lora import dropout_mask
 from .mapping import register_peft_method
-from ..kernels import bottleneck as kernels
-
 
 
 class BottleneckModel(PeftModel):

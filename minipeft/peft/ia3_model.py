@@ -25,12 +25,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
+from ..kernels import ia3 as kernels
 from . import ia3 as twin
 from .base import PREFIX, MergeMixin, PeftModel, check_fits
 from .ia3_config import IA3Config, ia3_parts, is_feedforward, target_keys
 from .mapping import register_peft_method
-from ..kernels import ia3 as kernels
-
 
 
 class IA3LayerCache(NamedTuple):

@@ -108,7 +108,7 @@ def save_adapters(pm, folder, selected_adapters=None) -> Path:
                 (dst / file).unlink(missing_ok=True)    # a hard link to the old file: never write through it
                 write(dst / file)
                 written.append(dst / file)
-        for p in written:                               # new files only: a chmod of a link changes the original
+        for p in written:                   # new files only: a chmod of a link changes the original
             usual_permissions_one(p)
     return folder
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .lora import lora_scaling
-from .lora_config import INITS as SUPPORTED_INITS   # the one list, LoraConfig's
+from .lora_config import INITS as SUPPORTED_INITS  # the one list, LoraConfig's
+
 SUPPORTED_COMBINATIONS = ("linear", "cat", "svd")
 # peft's other merges prune by magnitude (ties, magnitude_prune) or by random masks
 # (dare_*), a different code path; minipeft does not implement them.

@@ -23,14 +23,13 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
+from ..kernels import lora as kernels
 from . import lora as twin
 from .base import PREFIX, MergeMixin, PeftModel, check_adapter_name, check_fits
 from .lora_config import LoraConfig, lora_parts, target_keys
 from .lora_init import check_combination, combine_adapters, lora_init
 from .lora_io import lora_state, read_lora_state
 from .mapping import register_peft_method
-from ..kernels import lora as kernels
-
 
 
 class LoraParts(NamedTuple):

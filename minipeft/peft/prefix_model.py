@@ -66,7 +66,10 @@ class PrefixTuningModel(PeftModel):
                    self.dtype)                                # the MLP's output (P, 2LC) too
         rng, dt = self._init_rng(seed), self.dtype
         zero = config.init_weights == "zero"
-        uniform = lambda shape, fan_in: rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
+
+        def uniform(shape, fan_in):
+            return rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
+
         if config.flat:
             t = {FLAT: np.zeros((P, out)) if zero else rng.standard_normal((P, out))}
         else:

@@ -22,14 +22,14 @@ import numbers
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..kernels import prompt as kernels
 from ..model.inputs import check_input_ids
 from ..ops import EmbeddingCache
-from . import prompt as twin
 from ..tokenizer import load_tokenizer
+from . import prompt as twin
 from .base import PeftModel, check_fits
 from .mapping import register_peft_method
 from .prompt_config import PromptTuningConfig
-from ..kernels import prompt as kernels
 
 KEY = "prompt_embeddings"                  # the saved (and trainable) tensor's name, as peft's
 
@@ -107,7 +107,8 @@ class PromptTuningModel(PeftModel):
 
     def _check_past(self, past_key_values, shape) -> int:
         """A cache of this model starts with the P virtual tokens: -> the real tokens after them."""
-        past, P, n = super()._check_past(past_key_values, shape), self.num_virtual_tokens, self.config.n_positions
+        past = super()._check_past(past_key_values, shape)
+        P, n = self.num_virtual_tokens, self.config.n_positions
         if not P:
             return past
         if past and past < P:

@@ -35,7 +35,8 @@ SCHEDULES = ("constant", "linear", "cosine")
 def _check_hyper(lr, betas, eps, weight_decay):
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise ConfigError(f"AdamW: lr must be a finite number >= 0, got {lr!r}.")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2 \
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"AdamW: betas must be two numbers in [0, 1), got {betas!r}.")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ConfigError(f"AdamW: eps must be a finite number > 0, got {eps!r}.")
@@ -76,7 +77,8 @@ class AdamW:
         unknown = sorted(set(grads) - set(self.params))
         if unknown:
             raise InputError(f"AdamW.step: gradients for unknown parameters {unknown[:5]}; "
-                             f"the optimiser holds {len(self.params)} (e.g. {next(iter(self.params), None)}).")
+                             f"the optimiser holds {len(self.params)} "
+                             f"(e.g. {next(iter(self.params), None)}).")
         for name, g in grads.items():
             if np.shape(g) != self.params[name].shape:
                 raise InputError(f"AdamW.step: gradient of {name!r} has shape {np.shape(g)}, "
@@ -104,7 +106,7 @@ class AdamW:
         step_size = lr / bias_correction1
         bias_correction2_sqrt = bias_correction2 ** 0.5
         denom = np.sqrt(v) / dt(bias_correction2_sqrt) + dt(self.eps)   # (sqrt(v) / bc2_sqrt).add_(eps)
-        p += dt(-step_size) * m / denom                         # param.addcdiv_(exp_avg, denom, value=-step_size)
+        p += dt(-step_size) * m / denom                 # param.addcdiv_(exp_avg, denom, value=-step_size)
 
     def state_dict(self) -> dict:
         """Everything a bit-for-bit continuation needs; arrays are copies, the rest JSON-able.
@@ -138,7 +140,8 @@ class AdamW:
             raise ConfigError(f"AdamW.load_state_dict: no_decay names no parameter: "
                               f"{sorted(no_decay - set(self.params))[:5]}.")
         _check_hyper(state["lr"], state["betas"], state["eps"], state["weight_decay"])
-        self.lr, self.betas, self.eps = float(state["lr"]), tuple(map(float, state["betas"])), float(state["eps"])
+        self.lr, self.eps = float(state["lr"]), float(state["eps"])
+        self.betas = tuple(map(float, state["betas"]))
         self.weight_decay, self.no_decay = float(state["weight_decay"]), no_decay
         self.step_count = int(state["step"])
         steps = state.get("param_step") or {k: self.step_count for k in self.params}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
 from ..io.atomic import atomic_file
 
 

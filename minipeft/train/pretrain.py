@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,8 @@ import numpy as np
 
 from ..config import GPT2Config, refuse_unknown_fields
 from ..errors import ConfigError, InputError
-from ..io.checkpoint import sha256_file, expected_shapes, save_folder
+from ..io.checkpoint import expected_shapes, save_folder, sha256_file
 from ..io.files import check_output_folder, read_text
-import tempfile
 from ..model.gpt2 import GPT2
 from ..tokenizer import save_tokenizer, train_bpe_tokenizer
 from .data import lm_windows

@@ -35,17 +35,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import safetensors.numpy  # save_file read at each save, so a test can make it fail
+from tqdm.auto import tqdm
 
 from ..config import refuse_unknown_fields
 from ..errors import CheckpointError, ConfigError, MinipeftError, WeightsNotFoundError
-from ..io.jsonfile import parse_json
-from .optim import AdamW, clip_grad_norm, lr_multiplier
-from .data import batches
-from tqdm.auto import tqdm
-import safetensors.numpy      # save_file read at each save, so a test can make it fail
 from ..io.atomic import atomic_folder, usual_permissions
+from ..io.jsonfile import parse_json, read_json
 from ..io.tensors import read_safetensors
-from ..io.jsonfile import read_json
+from .data import batches
+from .optim import AdamW, clip_grad_norm, lr_multiplier
 
 STATE_NAME = "trainer_state.json"
 TENSORS_NAME = "training_tensors.safetensors"

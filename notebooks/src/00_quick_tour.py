@@ -56,7 +56,8 @@ peft_model.print_trainable_parameters()
 # %%
 for name, array in list(peft_model.trainable_parameters().items())[:4]:
     print(f"{name:62s} {array.shape}")
-print(f"... {len(peft_model.trainable_parameters())} tensors: A (r, in) and B (out, r) for each of the 12 c_attn")
+print(f"... {len(peft_model.trainable_parameters())} tensors: "
+      "A (r, in) and B (out, r) for each of the 12 c_attn")
 
 # %% [markdown]
 # "Hello, PEFT!" is five tokens in GPT-2's vocabulary. The logits have one row of 50,257

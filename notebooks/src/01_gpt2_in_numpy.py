@@ -20,8 +20,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minipeft import GPT2, load_tokenizer
-from minipeft import ops
+from minipeft import GPT2, load_tokenizer, ops
 from minipeft.testing import cmp
 
 model = GPT2.from_pretrained("tiny-shakespeare")

@@ -21,8 +21,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minipeft import GPT2, load_tokenizer
-from minipeft import ops
+from minipeft import GPT2, load_tokenizer, ops
 from minipeft.testing import cmp, grad_check
 
 rng = np.random.default_rng(0)
@@ -263,7 +262,8 @@ else:
     for name, p in hf.named_parameters():
         rel[name] = cmp(name, grads[name], p.grad.numpy(), verbose=False)
         print(f"{name:36s} {str(tuple(p.shape)):>12s}  {rel[name]:.1e}")
-    print(f"\nworst over {len(rel)} tensors: {max(rel.values()):.1e} (float64: the project holds it below 1e-10)")
+    print(f"\nworst over {len(rel)} tensors: {max(rel.values()):.1e} "
+          "(float64: the project holds it below 1e-10)")
 
 # %% [markdown]
 # ## What to try next

@@ -24,8 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from minipeft import GPT2, LoraConfig, get_peft_model, load_tokenizer
-from minipeft import analysis
+from minipeft import GPT2, LoraConfig, analysis, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
 
 warnings.filterwarnings("ignore", message="fan_in_fan_out")   # peft's note for GPT-2's Conv1D; seen in 00
@@ -162,7 +161,8 @@ plt.tight_layout(); plt.show()
 # %%
 variants = {
     "LoRA r=64": sweep[64][1],
-    "rsLoRA r=64": fine_tune(LoraConfig(r=64, lora_alpha=32, use_rslora=True, target_modules="all-linear"))[1],
+    "rsLoRA r=64": fine_tune(LoraConfig(r=64, lora_alpha=32, use_rslora=True,
+                                        target_modules="all-linear"))[1],
     "LoRA r=8": sweep[8][1],
     "DoRA r=8": fine_tune(LoraConfig(r=8, lora_alpha=32, use_dora=True, target_modules="all-linear"))[1],
 }

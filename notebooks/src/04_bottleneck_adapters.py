@@ -15,7 +15,7 @@
 # | preset | AdapterHub | where | per block |
 # |---|---|---|---|
 # | `"pfeiffer"` | `seq_bn` | after the MLP: `y = x + a + s·f(x + a)` | one adapter |
-# | `"houlsby"` | `double_seq_bn` | after attention **and** after the MLP: `y = x + a + s·f(a)` | two adapters |
+# | `"houlsby"` | `double_seq_bn` | after attention **and** the MLP: `y = x + a + s·f(a)` | two adapters |
 # | `"parallel"` | `par_bn` | beside the MLP: `y = x + a + s·f(x)` (He et al. 2021) | one, wider |
 #
 # In minipeft the adapter enters at one hook of GPT-2, the residual addition `_residual`
@@ -23,7 +23,6 @@
 
 # %%
 import os
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np

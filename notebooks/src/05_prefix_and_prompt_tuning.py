@@ -22,9 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from minipeft import (GPT2, PrefixTuningConfig, PromptTuningConfig, get_peft_model,
-                      load_tokenizer)
-from minipeft import analysis
+from minipeft import GPT2, PrefixTuningConfig, PromptTuningConfig, analysis, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training
@@ -79,7 +77,8 @@ def real_positions(model):
 
 adapters_style = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"),
                                 PrefixTuningConfig(num_virtual_tokens=P, convention="adapters"))
-peft_style = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"), PrefixTuningConfig(num_virtual_tokens=P))
+peft_style = get_peft_model(GPT2.from_pretrained("tiny-shakespeare"),
+                            PrefixTuningConfig(num_virtual_tokens=P))
 rows = {                                   # label: (virtual token positions, real token positions)
     "base model": ([], real_positions(base)),
     "prefix, convention='adapters'": ([], real_positions(adapters_style)),

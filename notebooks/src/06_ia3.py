@@ -17,14 +17,12 @@
 # %%
 # %matplotlib inline
 import os
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from minipeft import GPT2, IA3Config, get_peft_model, load_tokenizer
-from minipeft import analysis
+from minipeft import GPT2, IA3Config, analysis, get_peft_model, load_tokenizer
 from minipeft.testing import cmp
 
 FAST = os.environ.get("MINIPEFT_FAST") == "1"   # the test suite sets it: the same cells, shorter training

@@ -14,7 +14,6 @@
 import os
 
 import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import display
 
 from minipeft import compare

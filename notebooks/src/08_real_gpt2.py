@@ -130,6 +130,7 @@ if transformers is not None:
 # %%
 from minipeft.train.optim import AdamW
 
+
 def step_seconds(model, T=64, B=4, repeats=REPEATS):
     pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn"],
                                           fan_in_fan_out=True))
