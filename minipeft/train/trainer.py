@@ -192,14 +192,12 @@ class Trainer:
         self.history: list[dict] = []
         self.run_id = secrets.token_hex(8)      # whose checkpoints are whose in output_dir
         self._base_hash = None                  # see _base_fingerprint
-        self._last_batches = None               # (step, sha256 of its micro-batches)
 
     # ------------------------------------------------------------ one step
     def training_step(self) -> dict:
         """One optimizer step: accumulate, clip, AdamW. -> the step's log."""
         args, step = self.args, self.step
         micro = self.batches_for_step(step)
-        self._last_batches = (step, _hash_batches(micro))
         if len(micro) != args.gradient_accumulation_steps:
             raise ConfigError(f"batches_for_step gave {len(micro)} micro-batches; "
                               f"gradient_accumulation_steps is {args.gradient_accumulation_steps}.")
@@ -298,9 +296,7 @@ class Trainer:
         and the shuffling seed, all in one); None before the first step."""
         if self.step == 0:
             return None
-        if self._last_batches is not None and self._last_batches[0] == self.step - 1:
-            return self._last_batches[1]
-        try:
+        try:                                # batches_for_step is a function of the step
             return _hash_batches(self.batches_for_step(self.step - 1))
         except Exception:                   # noqa: BLE001 - then batches_for_step cannot say
             return None
