@@ -7,11 +7,24 @@ import os
 import numpy as np
 import pytest
 
+from minipeft import GPT2, GPT2Config
+from minipeft.train.pretrain import init_params
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # nothing here may touch the network
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 # Nothing in the suite reads ../shared/data: a fresh clone has no such folder. GPT-2's
 # vocabulary is bundled (minipeft/assets/gpt2, load_tokenizer("gpt2")).
+
+# The tiny GPT-2 of the API-level tests (hooks, flags, adapter bookkeeping), where the
+# numbers are compared with minipeft itself: two blocks, two heads, C = 8.
+TINY = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)
+TINY_IDS = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2:
+    """TINY with minipeft's own random init (float32; .astype for float64)."""
+    return GPT2(TINY, init_params(TINY, seed))
 
 
 def build_hf_model(seed: int = 0, **config):

@@ -12,21 +12,19 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import TINY as CFG
+from conftest import TINY_IDS as IDS
+from conftest import tiny_gpt2
 
 from minipeft import (
-    GPT2,
     BottleneckConfig,
-    GPT2Config,
     IA3Config,
     LoraConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
     get_peft_model,
 )
-from minipeft.train.pretrain import init_params
 
-CFG = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)
-IDS = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
 PAIRS = {   # (config of "a", config of "b"): the same method, other shapes and settings
     "lora": (LoraConfig(r=2, lora_dropout=0.25, use_dora=True, target_modules="all-linear",
                         init_lora_weights=False, fan_in_fan_out=True),
@@ -46,7 +44,7 @@ PAIRS = {   # (config of "a", config of "b"): the same method, other shapes and 
 def two_adapters(method):
     """A model with adapters "a" (active) and "b", both with random values, in training mode."""
     config_a, config_b = PAIRS[method]
-    base = GPT2(CFG, init_params(CFG, 0)).astype(np.float64)
+    base = tiny_gpt2().astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = get_peft_model(base, config_a, adapter_name="a", seed=1)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_IDS as IDS
+from conftest import tiny_gpt2
 
 import minipeft
 from minipeft import (
     GPT2,
     BottleneckConfig,
-    GPT2Config,
     IA3Config,
     LoraConfig,
     PeftModel,
@@ -30,10 +31,7 @@ from minipeft import (
     get_peft_model,
 )
 from minipeft import ops as twins
-from minipeft.train.pretrain import init_params
 
-CFG = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)
-IDS = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
 KERNELS = Path(minipeft.__file__).parent / "kernels"
 METHODS = {
     "lora": lambda: LoraConfig(r=2, target_modules="all-linear", fan_in_fan_out=True),
@@ -47,7 +45,7 @@ MERGEABLE = ("lora", "ia3")
 
 
 def tiny(use_kernels=False) -> GPT2:
-    model = GPT2(CFG, init_params(CFG, 0))
+    model = tiny_gpt2()
     model.use_kernels = use_kernels
     return model
 

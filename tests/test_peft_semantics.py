@@ -17,12 +17,14 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import TINY as CFG
+from conftest import TINY_IDS as IDS
+from conftest import tiny_gpt2
 
 from minipeft import (
     GPT2,
     BottleneckConfig,
     ConfigError,
-    GPT2Config,
     IA3Config,
     LoraConfig,
     MinipeftError,
@@ -34,14 +36,10 @@ from minipeft import (
 from minipeft.peft import base as peft_base
 from minipeft.peft.base import check_adapter_name
 from minipeft.testing import max_rel
-from minipeft.train.pretrain import init_params
-
-CFG = GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=20)
-IDS = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
 
 
 def tiny(seed=0, dtype=np.float64) -> GPT2:
-    return GPT2(CFG, init_params(CFG, seed)).astype(dtype)
+    return tiny_gpt2(seed).astype(dtype)
 
 
 def quiet(fn, *args, **kwargs):
