@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECTIONS = ("train", "forward", "decode", "memory", "matmul", "profile", "methods")
+SECTIONS = ("train", "masked", "forward", "decode", "memory", "matmul", "profile", "methods")
 
 
 @dataclass

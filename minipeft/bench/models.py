@@ -100,3 +100,11 @@ def batch_ids(cfg: BenchConfig):
     rng = np.random.default_rng(cfg.seed)
     return (rng.integers(0, cfg.vocab_size - 1, size=(cfg.batch, cfg.seq)),
             rng.integers(0, cfg.vocab_size - 1, size=(1, cfg.prompt)))
+
+
+def half_masked_labels(ids):
+    """The ids as labels with -100 on the first half of each sequence: completion-only
+    labels (a prompt, then the completion that is scored), as ``finetune`` and the demo train."""
+    labels = np.array(ids, copy=True)
+    labels[:, : ids.shape[1] // 2] = -100
+    return labels

@@ -3,7 +3,7 @@
 Explicit: the profiler times what the model and the optimiser it is given call, and
 nothing else. It installs a timed copy of the model's ops table (``model.ops``, the
 functions model/gpt2.py and the PEFT hooks call: layernorm, attention, GELU,
-cross-entropy, the linear products, the head split/merge), wraps the model's hooks on
+the lm_head with the loss, the linear products, the head split/merge), wraps the model's hooks on
 that one instance (``_linear``, ``_attention``, …, see model/gpt2.py) and its
 optimiser's ``step``, and takes all three back out after. No module is changed.
 
@@ -29,6 +29,7 @@ TABLE_OPS = {                        # a function of the ops table (GPT2.ops): i
     "gelu_forward": "gelu fwd", "gelu_backward": "gelu bwd",
     "linear_forward": "linear fwd (x W + b)", "linear_backward": "linear bwd (dout Wᵀ)",
     "cross_entropy": "cross-entropy fwd+bwd",
+    "lm_head_loss": "lm_head + loss, fwd+bwd",     # counted rows only (ops/loss.py)
 }
 HOOKS = {                            # a method of the model (model/gpt2.py): its op
     "_embed": "embedding fwd", "_embed_backward": "embedding bwd",
@@ -36,11 +37,9 @@ HOOKS = {                            # a method of the model (model/gpt2.py): it
     "_attention": "attention fwd", "_attention_backward": "attention bwd",
     "_residual": "residual fwd", "_residual_backward": "residual bwd",
     "_block_forward": "residual fwd", "_block_backward": "residual bwd",   # the blocks' own adds
-    "_forward_embedded": "lm_head fwd (xf wteᵀ)", "backward": "lm_head bwd (dlogits wte)",
 }
 PROFILE_ORDER = ["embedding fwd", "layernorm fwd", "linear fwd (x W + b)", "LoRA fwd",
-                 "attention fwd", "gelu fwd", "residual fwd", "lm_head fwd (xf wteᵀ)",
-                 "cross-entropy fwd+bwd", "lm_head bwd (dlogits wte)",
+                 "attention fwd", "gelu fwd", "residual fwd", "lm_head + loss, fwd+bwd",
                  "residual bwd", "gelu bwd", "attention bwd", "LoRA bwd", "linear bwd (dout Wᵀ)",
                  "layernorm bwd", "embedding bwd", "AdamW step", "other"]
 

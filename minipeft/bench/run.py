@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 from .config import BenchConfig
+from .machine import machine_info
 from .matmul import matmul_peak, matmul_rates
 from .memory import measure_memory
 from .methods import measure_methods
 from .models import (
     batch_ids,
     build_hf,
+    half_masked_labels,
     minipeft_from_hf,
     minipeft_lora,
     minipeft_random,
@@ -34,33 +33,6 @@ from .timing import (
     torch_forward,
     torch_step,
 )
-
-
-def machine_info(with_torch: bool) -> dict:
-    """CPU model, cores, library versions, BLAS."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "blas": "?",
-            "numba": importlib.metadata.version("numba")}      # without importing numba
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:                                    # older numpy: no mode="dicts"
-        pass
-    threads = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                "MKL_NUM_THREADS") if k in os.environ]
-    info["threads"] = ", ".join(threads) or "library defaults"
-    if with_torch:
-        torch, transformers, peft = require_torch()
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    transformers=transformers.__version__, peft=peft.__version__)
-    return info
-
 
 _T0 = time.perf_counter()
 
@@ -107,6 +79,13 @@ def run(cfg: BenchConfig, command: str = "python -m minipeft.bench") -> dict:
         if cfg.torch:
             fns["torch"] = torch_step(*torch_lora(hf, cfg), ids)
         alternate("train", fns)
+    if "masked" in want:
+        _log(f"LoRA training step, first half of the labels -100, {cfg.reps} alternating reps")
+        labels = half_masked_labels(ids)
+        fns = {"minipeft": minipeft_step(pm, opt, ids, labels)}
+        if cfg.torch:
+            fns["torch"] = torch_step(*torch_lora(hf, cfg), ids, labels)
+        alternate("masked", fns)
     if "forward" in want:
         _log("forward (logits, no grad)")
         fns = {"minipeft": minipeft_forward(base, ids)}

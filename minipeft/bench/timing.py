@@ -11,22 +11,26 @@ import statistics
 import time
 
 
-def minipeft_step(pm, opt, ids):
-    """One training step: loss, gradients of the trainable tensors, AdamW."""
+def minipeft_step(pm, opt, ids, labels=None):
+    """One training step: loss, gradients of the trainable tensors, AdamW. Labels: the ids
+    (every next token scored), or ``labels`` (-100 where nothing is scored)."""
+    labels = ids if labels is None else labels
+
     def step():
-        loss, grads = pm.loss_and_grads(ids, ids)
+        loss, grads = pm.loss_and_grads(ids, labels)
         opt.step(grads)
         return loss
     return step
 
 
-def torch_step(pm_t, opt, ids):
+def torch_step(pm_t, opt, ids, labels=None):
     """One training step of peft: forward with labels, backward, AdamW, zero_grad."""
     import torch  # optional: the reference side (require_torch checked it)
     tids = torch.as_tensor(ids)
+    tlabels = tids if labels is None else torch.as_tensor(labels)
 
     def step():
-        loss = pm_t(input_ids=tids, labels=tids, use_cache=False).loss
+        loss = pm_t(input_ids=tids, labels=tlabels, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

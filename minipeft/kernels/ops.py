@@ -1,10 +1,11 @@
 """Numba kernels for GPT-2's own ops, the fast twins of ``minipeft/ops/``.
 
 This module is the table of ops a GPT2 runs with ``use_kernels`` (``GPT2.ops``): the
-kernels below, attention's from kernels/attention.py, and the ops that have no kernel
-(the linear products and the head split/merge: NumPy's BLAS and reshapes already) taken
-from ops/ as they are. Each kernel has its twin's signature and cache and returns the
-same values; tests/test_ops_kernels.py holds them equal. How each is fast:
+kernels below, attention's from kernels/attention.py, the loss's from kernels/loss.py,
+and the ops that have no kernel (the linear products and the head split/merge: NumPy's
+BLAS and reshapes already) taken from ops/ as they are. Each kernel has its twin's
+signature and cache and returns the same values; tests/test_ops_kernels.py holds them
+equal. How each is fast:
 
     layernorm_forward    the shift, the float64 mean and variance, xhat and the affine
                          map of a row in three passes over it, in xhat's own buffer, no
@@ -14,25 +15,21 @@ same values; tests/test_ops_kernels.py holds them equal. How each is fast:
                          one-hot softmax 10x noisier)
     layernorm_backward   dxhat, its two row means and dx in two passes per row
     gelu                 NumPy's vectorised lines, in place on one or two buffers
-    cross_entropy        the loss AND its gradient in one pass over the logits, written
-                         in place over them: the (N, V) logits are the step's largest
-                         array (512 × 50257 floats = 98 MiB at GPT-2's shape), and the
-                         twin makes four more of that size (the counted rows, x - max,
-                         the softmax, the gradient)
+    cross_entropy,       kernels/loss.py: the loss and its gradient in one pass, in place
+    lm_head_loss         over the logits; the lm_head and the loss on the counted rows only
 
 Serial, as kernels/lora.py explains (Numba's worker threads spin after a parallel loop
-and slow the BLAS call that follows), except the cross-entropy: its rows are 50257 wide
-and the next call is the lm_head's backward, a 40 GFLOP product that the spin does not
-touch (the timings: benchmarks/README.md). The arithmetic is the twin's, in float64
-where the twin accumulates in float64 (row sums of layernorm and the loss); elsewhere it
-follows the input's dtype, so float32 results agree with the twins to float32 rounding.
+and slow the BLAS call that follows), except the cross-entropy (kernels/loss.py says
+why). The arithmetic is the twin's, in float64 where the twin accumulates in float64
+(row sums of layernorm and the loss); elsewhere it follows the input's dtype, so float32
+results agree with the twins to float32 rounding.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..ops import (  # noqa: F401 (the table)
     LayerNormCache,
@@ -43,8 +40,8 @@ from ..ops import (  # noqa: F401 (the table)
     split_heads,
     split_heads_backward,
 )
-from ..ops.loss import IGNORE_INDEX
 from .attention import attention_backward, attention_forward  # noqa: F401 (the table)
+from .loss import cross_entropy, lm_head_loss  # noqa: F401 (the table)
 
 _jit = dict(cache=True, fastmath=False)
 _K = math.sqrt(2.0 / math.pi)                  # GELU's constants, the twin's (ops/gelu.py)
@@ -160,45 +157,3 @@ def gelu_backward(dout, cache):
     t *= 0.5
     t *= dout
     return t
-
-
-# ------------------------------------------------------------------ cross-entropy
-@njit(cache=True, fastmath=False, parallel=True)
-def _cross_entropy_inplace(x, t, count):
-    """Row n: loss += lse - x[t]; then x[n] becomes (softmax - onehot) / count (0 if ignored)."""
-    N, V = x.shape
-    nll = np.zeros(N)
-    for n in prange(N):                        # rows in parallel: see the module docstring
-        if t[n] == IGNORE_INDEX:
-            for j in range(V):
-                x[n, j] = 0.0
-            continue
-        xt = np.float64(x[n, t[n]])
-        m = x[n, 0]
-        for j in range(1, V):
-            if x[n, j] > m:
-                m = x[n, j]
-        z = 0.0
-        for j in range(V):
-            e = math.exp(x[n, j] - m)          # in x's dtype, as the twin; exp(-inf) = 0
-            x[n, j] = e
-            z += e                             # summed in float64
-        nll[n] = np.float64(m) + math.log(z) - xt          # logsumexp - x_t, in float64
-        scale = 1.0 / (z * count)
-        for j in range(V):
-            x[n, j] = x[n, j] * scale
-        x[n, t[n]] -= 1.0 / count
-    return nll.sum() / count
-
-
-def cross_entropy(logits, targets):
-    """logits (..., V), targets (...) -> (loss, dlogits): the loss and its gradient in one
-    pass, the gradient written over ``logits`` (which the caller gives up)."""
-    V = logits.shape[-1]
-    x = logits.reshape(-1, V)
-    if not x.flags.c_contiguous:
-        raise ValueError("cross_entropy works in place: logits must be C-contiguous")
-    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
-    count = int(np.count_nonzero(t != IGNORE_INDEX))
-    loss = _cross_entropy_inplace(x, t, count)
-    return float(loss), logits

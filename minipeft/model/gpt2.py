@@ -39,7 +39,6 @@ from ..kernels import ops as kernels
 from ..ops import (
     IGNORE_INDEX,
     attention_mask_allowed,
-    cross_entropy_forward,
     embedding_backward,
     embedding_forward,
     residual_backward,
@@ -165,8 +164,10 @@ class GPT2:
         return (logits[:, P:] if P else logits), cache                  # (B, T, V) the real tokens
 
     def _forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                 use_cache=False):
-        """forward, with the logits of any virtual tokens too: (B, P + T, V)."""
+                 use_cache=False, head=True):
+        """forward, with the logits of any virtual tokens too: (B, P + T, V). ``head=False``
+        (training: loss_and_grads): no lm_head, no hidden_states; the first value is then
+        the lm_head's input xf (B, P + T, C), for lm_head_loss."""
         cfg = self.config
         ids = check_input_ids(input_ids, cfg.vocab_size, cfg.n_positions)
         B, T = ids.shape
@@ -180,34 +181,37 @@ class GPT2:
         prefix_cache = None
         if past_key_values is None:
             past_key_values, prefix_cache = self._prefix(B)             # prefix tuning: (k, v) per layer
-        logits, cache = self._forward_embedded(x, emb_cache, mask, past_key_values, use_cache)
+        logits, cache = self._forward_embedded(x, emb_cache, mask, past_key_values, use_cache, head)
         cache["virtual_tokens"] = x.shape[1] - T                        # P virtual tokens in x, or 0
         cache["prefix"] = prefix_cache                                  # what _prefix_backward needs
         return logits, cache
 
-    def _forward_embedded(self, x, emb_cache, mask, past_key_values=None, use_cache=False):
-        """The blocks, ln_f and the lm_head on embedded inputs x (B, T, C): -> (logits, cache)."""
+    def _forward_embedded(self, x, emb_cache, mask, past_key_values=None, use_cache=False, head=True):
+        """The blocks, ln_f and the lm_head on embedded inputs x (B, T, C): -> (logits, cache);
+        ``head=False``: -> (xf, cache), no lm_head and no hidden_states (kept for comparisons,
+        they would only raise a training step's peak memory)."""
         cfg, P = self.config, self.params
         T = x.shape[1]
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         allowed = attention_mask_allowed(T, past + T, mask)             # (B|1, 1, T, T_past + T)
-        hidden_states, layer_caches = [x], []
+        hidden_states, layer_caches = [x] if head else None, []
         for i in range(cfg.n_layer):
             layer_past = past_key_values[i] if past else None          # (k, v) or None
             x, layer_cache = self._block_forward(i, x, allowed, layer_past)
-            hidden_states.append(x)
+            if head:
+                hidden_states.append(x)
             layer_caches.append(layer_cache)
         xf, lnf_cache = self.ops.layernorm_forward(x, P["transformer.ln_f.weight"],
                                                    P["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
         B, C = xf.shape[0], xf.shape[-1]
         # (B, T, V): lm_head is tied to wte
-        logits = (xf.reshape(-1, C) @ P["transformer.wte.weight"].T).reshape(B, T, -1)
+        logits = (xf.reshape(-1, C) @ P["transformer.wte.weight"].T).reshape(B, T, -1) if head else xf
         cache = {
             "embedding": emb_cache,      # ids (B, T), positions (B, T)
             "layers": layer_caches,      # one dict per block, see _block_forward
             "ln_f": lnf_cache,           # xhat (B, T, C), rstd (B, T, 1)
             "xf": xf,                    # (B, T, C) input of the lm_head
-            "hidden_states": hidden_states,  # L + 1 arrays (B, T, C)
+            "hidden_states": hidden_states,  # L + 1 arrays (B, T, C); None with head=False
             "past_length": past,         # T_past: backward needs 0 (or a method's prefix)
         }
         if use_cache:                    # L pairs (B, NH, T_past + T, hs)
@@ -332,16 +336,22 @@ class GPT2:
 
     def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
         """backward from the logits of every position, virtual tokens included (B, P + T, V)."""
-        cfg, P, V = self.config, self.params, self.config.vocab_size
-        if cache.get("past_length", 0) and cache.get("prefix") is None:
-            raise InputError(NO_PAST_BACKWARD)
-        grads: dict[str, np.ndarray] = {}
-        wte = P["transformer.wte.weight"]
+        cfg, V = self.config, self.config.vocab_size
+        wte = self.params["transformer.wte.weight"]
         # logits = xf @ wte.T
         dxf = (dlogits.reshape(-1, V) @ wte).reshape(cache["xf"].shape)  # (B, T, C)
         dwte = None
         if "transformer.wte.weight" in self.trainable:
             dwte = dlogits.reshape(-1, V).T @ cache["xf"].reshape(-1, cfg.n_embd)  # (V, C)
+        return self._backward_trunk(dxf, dwte, cache)
+
+    def _backward_trunk(self, dxf, dwte, cache) -> dict[str, np.ndarray]:
+        """backward from the lm_head's input: dxf (B, P + T, C), and wte's gradient from the
+        lm_head (None when wte is frozen) for the embedding's backward to add to."""
+        cfg = self.config
+        if cache.get("past_length", 0) and cache.get("prefix") is None:
+            raise InputError(NO_PAST_BACKWARD)
+        grads: dict[str, np.ndarray] = {}
         # xf = ln_f(x)
         dx, dg, db = self.ops.layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
         self._put(grads, "transformer.ln_f.weight", dg)
@@ -408,18 +418,26 @@ class GPT2:
     def loss_and_grads(self, input_ids, labels, attention_mask=None):
         """Next-token loss (labels shifted inside, -100 ignored, mean) and its gradients.
         Virtual tokens (prompt tuning) get label -100, as peft pads them: the last one is
-        scored on the first real token."""
-        logits, cache = self._forward(input_ids, attention_mask)        # (B, P + T, V)
-        labels = self._labels(labels, logits.shape[:2], cache["virtual_tokens"])
-        loss, dlogits = self.ops.cross_entropy(logits, shift_labels(labels))  # kernel: in place
-        del logits
-        return loss, self._backward(dlogits, cache)
+        scored on the first real token.
+
+        The lm_head and the loss run together (``ops.lm_head_loss``) on the positions that
+        count: a position labelled -100 (a prompt token with completion-only labels,
+        padding, a virtual token, the last position) costs no logits row and no share of
+        the lm_head's backward, and the (B, T, V) logits are never whole in memory. The loss
+        and the gradients are those of ``backward`` from the full logits."""
+        xf, cache = self._forward(input_ids, attention_mask, head=False)    # (B, P + T, C)
+        labels = self._labels(labels, xf.shape[:2], cache["virtual_tokens"])
+        loss, dxf, dwte = self.ops.lm_head_loss(xf, self.params["transformer.wte.weight"],
+                                                shift_labels(labels),
+                                                need_dwte="transformer.wte.weight" in self.trainable)
+        return loss, self._backward_trunk(dxf, dwte, cache)
 
     def loss(self, input_ids, labels, attention_mask=None) -> float:
-        """The loss alone (no gradients)."""
-        logits, cache = self._forward(input_ids, attention_mask)
-        labels = self._labels(labels, logits.shape[:2], cache["virtual_tokens"])
-        return cross_entropy_forward(logits, shift_labels(labels))[0]
+        """The loss alone (no gradients; the lm_head on the counted positions only)."""
+        xf, cache = self._forward(input_ids, attention_mask, head=False)
+        labels = self._labels(labels, xf.shape[:2], cache["virtual_tokens"])
+        return self.ops.lm_head_loss(xf, self.params["transformer.wte.weight"], shift_labels(labels),
+                                     grads=False)[0]
 
     def _labels(self, labels, shape, P: int):
         """labels (B, T), checked -> (B, P + T) with -100 for the P virtual tokens."""

@@ -20,6 +20,7 @@ from .loss import (
     cross_entropy,
     cross_entropy_backward,
     cross_entropy_forward,
+    lm_head_loss,
     shift_labels,
 )
 from .residual import residual_backward, residual_forward
@@ -29,5 +30,6 @@ __all__ = ["AttentionCache", "attention_backward", "attention_forward", "attenti
            "EmbeddingCache", "embedding_backward", "embedding_forward", "gelu_backward",
            "gelu_forward", "LayerNormCache", "layernorm_backward", "layernorm_forward",
            "linear_backward", "linear_forward", "IGNORE_INDEX", "CrossEntropyCache",
-           "cross_entropy", "cross_entropy_backward", "cross_entropy_forward", "shift_labels",
+           "cross_entropy", "cross_entropy_backward", "cross_entropy_forward", "lm_head_loss",
+           "shift_labels",
            "residual_backward", "residual_forward"]

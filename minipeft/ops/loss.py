@@ -11,6 +11,13 @@ x - max itself overflows to -inf (float32 logits of ±3e38) the probability is 0
 is right. The loss is a Python float, so logsumexp - logit and the mean are taken in
 float64: float32 logits of ±3e38 give a finite loss of 6e38 (torch's float32 gives inf).
 A target whose logit is -inf has probability 0 and loss inf, as in torch.
+
+`lm_head_loss` is what training runs: the lm_head (logits = xf wteᵀ) and the loss
+together, on the counted positions only. A position whose target is -100 adds nothing
+to the loss, so its logits row, its softmax and its share of the lm_head's backward
+need not be computed: with completion-only labels (the prompt's tokens -100) that is
+most of the lm_head, the step's largest product. The loss and every gradient are those
+of the full computation (tests/test_lm_head_loss.py); only the ignored rows' work goes.
 """
 from __future__ import annotations
 
@@ -72,3 +79,31 @@ def cross_entropy(logits, targets):
     twin of the fused kernel in kernels/ops.py, which writes dlogits over the logits)."""
     loss, cache = cross_entropy_forward(logits, targets)
     return loss, cross_entropy_backward(1.0, cache)
+
+
+def lm_head_loss(xf, wte, targets, need_dwte=False, grads=True):
+    """The lm_head and the loss, on the counted positions only.
+
+    xf (..., C) the lm_head's input (ln_f's output), wte (V, C) the tied embedding,
+    targets (...) ints, -100 ignored -> (loss, dxf (..., C), dwte (V, C) or None):
+
+        rows   = the positions whose target is not -100            n of N = B·T
+        logits = xf[rows] @ wteᵀ                                   (n, V), not (N, V)
+        loss, dlogits = cross_entropy(logits, targets[rows])      mean over the n rows
+        dxf[rows] = dlogits @ wte;  dxf = 0 elsewhere              (N, C)
+        dwte   = dlogitsᵀ @ xf[rows]                               only when wte trains
+
+    ``grads=False``: the loss alone (dxf and dwte None).
+    """
+    C = xf.shape[-1]
+    x, t = xf.reshape(-1, C), targets.reshape(-1)
+    rows = np.flatnonzero(t != IGNORE_INDEX)            # the counted positions
+    xs = x[rows]                                        # (n, C)
+    loss, cache = cross_entropy_forward(xs @ wte.T, t[rows])
+    if not grads:
+        return loss, None, None
+    dlogits = cross_entropy_backward(1.0, cache)        # (n, V)
+    dx = np.zeros_like(x)
+    dx[rows] = dlogits @ wte                            # ignored positions: no gradient
+    dwte = dlogits.T @ xs if need_dwte else None
+    return loss, dx.reshape(xf.shape), dwte

@@ -276,8 +276,8 @@ class PeftModel(GPT2):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
 
-    def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
-        grads = super()._backward(dlogits, cache)
+    def _backward_trunk(self, dxf, dwte, cache) -> dict[str, np.ndarray]:
+        grads = super()._backward_trunk(dxf, dwte, cache)
         return {} if cache.get("inference_mode") else grads
 
     # ------------------------------------------------------------ modes
@@ -317,11 +317,11 @@ class PeftModel(GPT2):
         return self.base_model
 
     def _forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                 use_cache=False):
+                 use_cache=False, head=True):
         if not self.peft_config:
             raise ConfigError("this PeftModel has no adapter left; add_adapter one.")
         logits, cache = super()._forward(input_ids, attention_mask, position_ids, past_key_values,
-                                         use_cache)
+                                         use_cache, head)
         cache["inference_mode"] = self.active_peft_config.inference_mode   # backward gives no grads
         return logits, cache
 

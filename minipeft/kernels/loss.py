@@ -1,0 +1,103 @@
+"""Numba kernels for the loss, the fast twins of ``minipeft/ops/loss.py``.
+
+    cross_entropy   the loss AND its gradient in one pass over the logits, written in
+                    place over them: the (N, V) logits are the step's largest array
+                    (512 × 50257 floats = 98 MiB at GPT-2's shape), and the twin makes
+                    four more of that size (the counted rows, x - max, the softmax, the
+                    gradient)
+    lm_head_loss    what training runs: the lm_head and the loss on the counted positions
+                    only (the twin's equations), a block of rows at a time. Each block's
+                    logits (at most LOGITS_BLOCK bytes) go through cross_entropy in place and
+                    straight into the lm_head's backward, so the (N, V) logits never exist
+                    whole: the step's peak memory drops by what they took, and positions
+                    labelled -100 (a prompt, padding, the last position) cost nothing
+
+The cross-entropy's rows run in parallel (prange): they are 50257 wide and the next call
+is the lm_head's backward, a large product that the worker threads' spin does not touch
+(benchmarks/README.md). The loss is summed in float64, as the twin's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..ops.loss import IGNORE_INDEX
+
+LOGITS_BLOCK = 64 * 2**20     # bytes of logits at a time in lm_head_loss (2 blocks at GPT-2's shape)
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _cross_entropy_inplace(x, t, count):
+    """Row n: loss += lse - x[t]; then x[n] becomes (softmax - onehot) / count (0 if ignored).
+    -> the rows' summed loss / count (count: the counted rows of the whole batch)."""
+    N, V = x.shape
+    nll = np.zeros(N)
+    for n in prange(N):                        # rows in parallel: see the module docstring
+        if t[n] == IGNORE_INDEX:
+            for j in range(V):
+                x[n, j] = 0.0
+            continue
+        xt = np.float64(x[n, t[n]])
+        m = x[n, 0]
+        for j in range(1, V):
+            if x[n, j] > m:
+                m = x[n, j]
+        z = 0.0
+        for j in range(V):
+            e = math.exp(x[n, j] - m)          # in x's dtype, as the twin; exp(-inf) = 0
+            x[n, j] = e
+            z += e                             # summed in float64
+        nll[n] = np.float64(m) + math.log(z) - xt          # logsumexp - x_t, in float64
+        scale = 1.0 / (z * count)
+        for j in range(V):
+            x[n, j] = x[n, j] * scale
+        x[n, t[n]] -= 1.0 / count
+    return nll.sum() / count
+
+
+def cross_entropy(logits, targets):
+    """logits (..., V), targets (...) -> (loss, dlogits): the loss and its gradient in one
+    pass, the gradient written over ``logits`` (which the caller gives up)."""
+    V = logits.shape[-1]
+    x = logits.reshape(-1, V)
+    if not x.flags.c_contiguous:
+        raise ValueError("cross_entropy works in place: logits must be C-contiguous")
+    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    count = int(np.count_nonzero(t != IGNORE_INDEX))
+    loss = _cross_entropy_inplace(x, t, count)
+    return float(loss), logits
+
+
+def block_rows(n: int, V: int, itemsize: int, budget: int | None = None) -> int:
+    """Rows per block: as few blocks as keep each block's (rows, V) logits within ``budget``
+    bytes (default LOGITS_BLOCK), the rows shared evenly (2 × 254 rather than 333 + 175)."""
+    budget = LOGITS_BLOCK if budget is None else budget
+    blocks = max(1, math.ceil(n * V * itemsize / budget))
+    return max(1, math.ceil(n / blocks))
+
+
+def lm_head_loss(xf, wte, targets, need_dwte=False, grads=True):
+    """xf (..., C), wte (V, C), targets (...) -> (loss, dxf (..., C), dwte (V, C) or None),
+    as the twin; ``grads=False``: the loss alone."""
+    C, V = xf.shape[-1], wte.shape[0]
+    x = xf.reshape(-1, C)
+    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    rows = np.flatnonzero(t != IGNORE_INDEX)                # the counted positions
+    n = rows.size
+    dx = np.zeros_like(x) if grads else None
+    dwte = np.zeros_like(wte) if grads and need_dwte else None
+    loss, step = 0.0, block_rows(n, V, x.itemsize)
+    for start in range(0, n, step):
+        r = rows[start:start + step]
+        xs = x[r]                                           # (b, C) this block's positions
+        logits = xs @ wte.T                                 # (b, V)
+        loss += _cross_entropy_inplace(logits, t[r], n)     # logits -> dlogits, in place
+        if grads:
+            dx[r] = logits @ wte                            # (b, C)
+            if dwte is not None:
+                dwte += logits.T @ xs                       # (V, C)
+    if not grads:
+        return float(loss), None, None
+    return float(loss), dx.reshape(xf.shape), dwte
