@@ -4,6 +4,15 @@ The child sets up (model, adapter, optimiser, one warm-up step), resets the peak
 into /proc/self/clear_refs), runs the steps and reads VmHWM; reported: VmHWM − VmRSS
 after set-up, the extra MiB the step needs. Without /proc, getrusage's ru_maxrss (no
 reset: a lower bound, marked ``~``).
+
+Both children run with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_,
+read by glibc alone; other C libraries ignore it). By default glibc raises the threshold
+after the first large free, up to 32 MiB, and then keeps freed blocks below it in its heap:
+the RSS after set-up then holds whatever the warm-up step left there, a different amount in
+each run (the same minipeft step read 101 MiB and 358 MiB over set-up in two runs, torch
+312 to 323). Fixed, every array of 128 KiB or more goes back to the system when freed, the
+set-up RSS is the live memory, and peak − set-up is what the step itself adds (stable to
+0.1 MiB from run to run).
 """
 from __future__ import annotations
 
@@ -17,6 +26,9 @@ import sys
 from .config import BenchConfig
 from .models import batch_ids, build_hf, minipeft_lora, minipeft_random, torch_lora
 from .timing import minipeft_step, torch_step
+
+
+MMAP_THRESHOLD = 128 * 1024      # bytes: glibc's own starting value, kept fixed (see above)
 
 
 def _status_mib(key: str):
@@ -70,7 +82,8 @@ def memory_child(side: str, cfg: BenchConfig) -> dict:
 def measure_memory(side: str, cfg: BenchConfig) -> dict:
     """Run memory_child in a fresh interpreter (python -m minipeft.bench --_memory-child SIDE)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
     cmd = [sys.executable, "-m", "minipeft.bench", "--_memory-child", side,
            "--_child-config", json.dumps(dataclasses.asdict(cfg))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
