@@ -27,7 +27,6 @@ from .config import BenchConfig
 from .models import batch_ids, build_hf, minipeft_lora, minipeft_random, torch_lora
 from .timing import minipeft_step, torch_step
 
-
 MMAP_THRESHOLD = 128 * 1024      # bytes: glibc's own starting value, kept fixed (see above)
 
 

@@ -168,9 +168,9 @@ class LoraModel(MergeMixin, PeftModel):
         dx = self.ops.linear_backward(dbase_total, None, W, need_params=False)[0] + dx_extra  # (N, in)
         return dx.reshape(*dout.shape[:-1], W.shape[0])
 
-    def _backward(self, dlogits, cache) -> dict[str, np.ndarray]:
+    def _backward_trunk(self, dxf, dwte, cache) -> dict[str, np.ndarray]:
         """GPT2's backward, with the trained biases renamed as peft saves them."""
-        grads = super()._backward(dlogits, cache)
+        grads = super()._backward_trunk(dxf, dwte, cache)
         return {(self._peft_bias_name(k) if not k.startswith(PREFIX) else k): v
                 for k, v in grads.items()}
 
