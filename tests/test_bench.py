@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from minipeft import bench
@@ -41,14 +42,15 @@ def row(out: str, label: str, after: str = "") -> str:
 
 def test_minipeft_alone_prints_every_section(capsys):
     out = run_bench(capsys, "--no-torch")
-    for label in ("LoRA training step, tokens/s", "forward (logits, no grad), tokens/s",
+    for label in ("LoRA training step, tokens/s", "  the same, first half of the labels -100",
+                  "forward (logits, no grad), tokens/s",
                   "greedy decode, KV cache, batch 1, new tokens/s",
                   "training step peak memory, MiB over set-up"):
         r = row(out, label)
         assert re.search(NUMBER, r[len(label):]), r               # minipeft's number
         assert "—" in r                                           # no torch column
     assert re.search(r"peak \(FLOP-weighted\) " + NUMBER, out)
-    assert re.search(r"minipeft: " + NUMBER + r" GFLOP/s = \d+% of the peak", out)
+    assert re.search(r"minipeft: " + NUMBER + r" GFLOP/s = \d+% of the peak \(target ≥ 85%\)", out)
     for op in ("embedding fwd", "layernorm fwd", "linear fwd", "LoRA fwd", "attention fwd",
                "gelu fwd", "lm_head + loss", "attention bwd", "LoRA bwd",
                "linear bwd", "layernorm bwd", "AdamW step", "other"):
@@ -58,6 +60,23 @@ def test_minipeft_alone_prints_every_section(capsys):
         assert re.search(r"\d+\.\d+\s+\d+\.\d+$", r) or "skipped:" in r, r
     assert re.search(r"^LoRA\s.*\s1\.00$", out, re.M)             # LoRA against itself
     assert "machine:" in out and "reproduce: python -m minipeft.bench --quick" in out
+    machine = row(out, "machine:")                                # what the numbers were measured on
+    info = bench.machine_info(False)
+    assert info["vendor"] in machine and info["simd"] in machine and info["blas"] in machine
+
+
+def test_machine_info_names_the_cpu_and_the_blas_kernel():
+    info = bench.machine_info(False)
+    assert info["cpu"] and info["vendor"] and info["cores"] >= 1
+    if "openblas" in info["blas"].lower() and bench.openblas_runtime():
+        assert "kernels" in info["blas"] and "threads" in info["blas"]   # the kernel picked for this CPU
+
+
+def test_masked_labels_step_scores_only_the_second_half():
+    from minipeft.bench.models import half_masked_labels
+    ids = np.arange(12).reshape(2, 6)
+    labels = half_masked_labels(ids)
+    assert (labels[:, :3] == -100).all() and (labels[:, 3:] == ids[:, 3:]).all()
 
 
 def test_against_torch_fills_both_columns(capsys):
@@ -67,11 +86,11 @@ def test_against_torch_fills_both_columns(capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = run_bench(capsys, "--only", "train,forward,decode,memory")
+        out = run_bench(capsys, "--only", "train,masked,forward,decode,memory")
     finally:
         torch.set_num_threads(threads)
-    for label in ("LoRA training step", "forward (logits, no grad)", "greedy decode",
-                  "training step peak memory"):
+    for label in ("LoRA training step", "  the same, first half", "forward (logits, no grad)",
+                  "greedy decode", "training step peak memory"):
         r = row(out, label)
         assert len(re.findall(NUMBER, r.split("≥")[0].split("≤")[0])) == 3, r   # ours, theirs, ratio
     # The same random weights on both sides: float32 logits agree as the suite's
