@@ -7,7 +7,7 @@ from .profile import PROFILE_ORDER
 from .timing import median
 
 # issue 17's targets; the matmul section adds the step's share of the ceiling (≥ 85 %)
-TARGETS = {"train": "≥ 1.1", "masked": "> train's", "forward": "≥ 1.1", "decode": "≥ 1.3",
+TARGETS = {"train": "≥ 1.1", "masked": "≥ 1.1", "forward": "≥ 1.1", "decode": "≥ 1.3",
            "memory": "≤ 0.9"}
 CEILING_TARGET = 85          # % of numpy's matmul peak the LoRA step should reach
 METHODS_TARGET = 1.1         # every method's step time / LoRA's
@@ -107,6 +107,12 @@ def print_matmul(res: dict, cfg: BenchConfig) -> None:
             rate = flops / median(t) / 1e9
             print(f"  {side}: {rate:.1f} GFLOP/s = {100 * rate / peak:.0f}% of the peak"
                   + (f" (target ≥ {CEILING_TARGET}%)" if side == "minipeft" else ""))
+    if "masked" in res["times"]:                 # the dense step's FLOPs over the masked step's time
+        print("  first half of the labels -100, the dense step's FLOPs over each side's time "
+              "(above 100%: past the ceiling, by not computing what the loss ignores):")
+        for side, t in res["times"]["masked"].items():
+            rate = flops / median(t) / 1e9
+            print(f"    {side}: {rate:.1f} GFLOP/s = {100 * rate / peak:.0f}% of the peak")
 
 
 def print_profile(ms: dict, untimed_ms=None) -> None:
