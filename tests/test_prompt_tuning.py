@@ -36,6 +36,7 @@ from minipeft.io.checkpoint import normalize_names
 from minipeft.kernels import prompt as K
 from minipeft.peft import prompt as T
 from minipeft.testing import cmp, numerical_gradient
+from minipeft.train.pretrain import init_params
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 SMALL = dict(n_layer=2, n_head=3, n_embd=24, n_positions=16, vocab_size=50)
@@ -298,3 +299,40 @@ def test_errors(hf_checkpoint):
     logits, cache = pm.forward(np.zeros((1, 5), dtype=np.int64))
     with pytest.raises(InputError, match=r"dlogits has shape \(1, 15, 50\).*\(1, 5, 50\)"):
         pm.backward(np.zeros((1, 15, 50)), cache)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "twins"])
+@pytest.mark.parametrize("n_virtual", [1, 2, 5])
+def test_shared_virtual_tokens_equal_running_them_in_every_row(dtype, kernels, n_virtual, monkeypatch):
+    """The first P - 1 virtual tokens run once for the batch (``_prefix``): logits, the KV
+    cache, the loss and the prompt's gradient are those of running all P in every row (what
+    peft does; ``_shared`` = 0 forces it), with a padded row and completion-only labels."""
+    cfg = GPT2Config(**SMALL)
+    base = GPT2(cfg, init_params(cfg, seed=2)).astype(dtype)
+    pm = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=n_virtual), seed=4)
+    pm.use_kernels = kernels
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, 50, size=(3, 8))
+    mask = np.ones_like(ids)
+    mask[2, :3] = 0                                                  # a left-padded row
+    labels = np.where(mask == 1, ids, -100)
+    labels[:, :2] = -100                                             # a prompt: completion-only
+    shared = (pm.forward(ids, mask, use_cache=True), pm.loss_and_grads(ids, labels, mask))
+    monkeypatch.setattr(type(pm), "_shared", staticmethod(lambda P: 0))
+    every_row = (pm.forward(ids, mask, use_cache=True), pm.loss_and_grads(ids, labels, mask))
+    tol = TOL[dtype]
+    (logits, cache), (loss, grads) = shared
+    (logits_r, cache_r), (loss_r, grads_r) = every_row
+    assert cmp("logits", logits, logits_r, tol) <= tol
+    for (k, v), (k_r, v_r) in zip(cache["present_key_values"], cache_r["present_key_values"]):
+        assert k.shape == k_r.shape == (3, 3, n_virtual + 8, 8)
+        assert cmp("k", k, k_r, tol) <= tol and cmp("v", v, v_r, tol) <= tol
+    assert abs(loss - loss_r) <= tol * abs(loss_r)
+    assert list(grads) == [KEY] == list(grads_r)
+    assert cmp("dprompt", grads[KEY], grads_r[KEY], tol) <= tol
+    rows = cache["layers"][0]["attn"][0].shape[2]                    # queries per row in the blocks
+    assert rows == (8 + 1 if n_virtual >= 2 else 8 + n_virtual)      # the last virtual token + T
+    step, _ = pm.forward(ids[:, -1:], np.concatenate([mask, mask[:, -1:]], axis=1),
+                         past_key_values=cache["present_key_values"])   # generation goes on from it
+    assert np.isfinite(step).all()

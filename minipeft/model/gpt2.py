@@ -348,26 +348,36 @@ class GPT2:
     def _backward_trunk(self, dxf, dwte, cache) -> dict[str, np.ndarray]:
         """backward from the lm_head's input: dxf (B, P + T, C), and wte's gradient from the
         lm_head (None when wte is frozen) for the embedding's backward to add to."""
-        cfg = self.config
         if cache.get("past_length", 0) and cache.get("prefix") is None:
             raise InputError(NO_PAST_BACKWARD)
         grads: dict[str, np.ndarray] = {}
+        dx = self._blocks_backward(dxf, cache, grads)
+        # x = wte[ids] + wpe[pos]
+        self._embed_backward(dx, cache["embedding"], dwte, grads)
+        return grads
+
+    def _blocks_backward(self, dxf, cache, grads, dpresent=None):
+        """ln_f and the blocks in reverse, then any prefix: dxf (B, T, C) -> dx (B, T, C), the
+        gradient of the first block's input. ``dpresent``: per layer, a gradient (dk, dv) of
+        the layer's keys and values from tokens that attend to them in another pass (prompt
+        tuning's shared virtual tokens), added to the one of its own attention."""
+        cfg = self.config
         # xf = ln_f(x)
         dx, dg, db = self.ops.layernorm_backward(dxf, cache["ln_f"], self._needs("transformer.ln_f"))
         self._put(grads, "transformer.ln_f.weight", dg)
         self._put(grads, "transformer.ln_f.bias", db)
         dpast = [None] * cfg.n_layer
         for i in reversed(range(cfg.n_layer)):
-            dx, dpast[i] = self._block_backward(i, dx, cache["layers"][i], grads)
+            dx, dpast[i] = self._block_backward(i, dx, cache["layers"][i], grads,
+                                                None if dpresent is None else dpresent[i])
         if cache.get("prefix") is not None:                             # the keys/values of _prefix
             self._prefix_backward(dpast, cache["prefix"], grads)
-        # x = wte[ids] + wpe[pos]
-        self._embed_backward(dx, cache["embedding"], dwte, grads)
-        return grads
+        return dx
 
-    def _block_backward(self, i: int, dout, c, grads):
+    def _block_backward(self, i: int, dout, c, grads, dpresent=None):
         """The block's lines in reverse: dout (B, T, C) -> dx (B, T, C), and (dk, dv) of the
-        past keys/values (B, NH, T_past, hs) when there are (a prefix), else None."""
+        past keys/values (B, NH, T_past, hs) when there are (a prefix), else None.
+        ``dpresent``: (dk, dv) of c["present"] from elsewhere, added to the attention's."""
         cfg, h = self.config, f"transformer.h.{i}"
         # x3 = x2 + m
         dx2, dm = self._residual_backward(f"{h}.mlp", dout, c["mlp.residual"], grads)
@@ -386,6 +396,8 @@ class GPT2:
         # a = c_proj(merge_heads(y)); y = attention(q, k, v); q, k, v = split_heads(c_attn(ln1))
         dy = self._linear_backward(f"{h}.attn.c_proj", da, c["attn.c_proj"], grads)   # (B, T, C)
         dq, dk, dv = self._attention_backward(i, ops.merge_heads_backward(dy, cfg.n_head), c["attn"])
+        if dpresent is not None:                                        # keys/values read elsewhere too
+            dk, dv = dk + dpresent[0], dv + dpresent[1]
         past, dpast = c["past_length"], None
         if past:                                                        # a prefix: its own gradients
             dpast = (dk[:, :, :past], dv[:, :, :past])

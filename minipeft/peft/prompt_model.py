@@ -5,6 +5,14 @@ The prompt fills GPT2's hooks for entries before the tokens: ``_embed`` puts the
 virtual tokens first (positions 0 .. P - 1, the real tokens P .. P + T - 1) when no KV
 cache is given, ``_extra_length`` puts P ones in front of the attention mask (which
 covers the real tokens), and ``_embed_backward`` sums their gradient over the batch.
+
+The virtual tokens come first and attend only to each other, so they compute the same
+keys and values in every row of a batch: the first P - 1 run once, at batch 1, through
+the ``_prefix`` hook (as prefix tuning's keys and values enter the blocks), and the last
+one runs with the tokens, since the loss scores its output on each row's first token.
+Their gradients come back through ``_prefix_backward``, summed over the batch. The
+values are those of running all P in every row (tests/test_prompt_tuning.py); the cost
+of P virtual tokens no longer grows with the batch.
 GPT2's forward returns the logits of the real tokens, (B, T, V); its ``loss_and_grads``
 pads the labels with -100 for the virtual tokens, as peft: the last virtual position is
 scored on the first real token. With a KV cache (generation) the prompt is in the
@@ -130,21 +138,61 @@ class PromptTuningModel(PeftModel):
 
     def _embed(self, ids, pos, first=True):
         """x = concat(prompt, wte[ids]) + wpe[0..P-1, P + pos] (B, P + T, C); with a KV cache the
-        prompt is in it already, and the new tokens take P + pos."""
+        prompt is in it already, and the new tokens take P + pos. With P >= 2 the first P - 1
+        virtual tokens run once for the batch (``_prefix``): x holds the last one only,
+        (B, 1 + T, C)."""
         P = self.num_virtual_tokens
         if not P or not first:
             return super()._embed(ids, P + pos, first)                  # (B, T, C)
         ops = kernels if self.use_kernels else twin
+        prompt, shared = self.prompts[self.active_adapter], self._shared(P)
+        positions = twin.prompt_positions(P, pos)[:, shared:]           # (B|1, P - shared + T)
         return ops.prompt_embedding_forward(
-            ids, self.prompts[self.active_adapter], self.params["transformer.wte.weight"],
-            self.params["transformer.wpe.weight"], twin.prompt_positions(P, pos))  # (B, P + T, C)
+            ids, prompt[shared:], self.params["transformer.wte.weight"],
+            self.params["transformer.wpe.weight"], positions)            # (B, P - shared + T, C)
+
+    @staticmethod
+    def _shared(P: int) -> int:
+        """How many virtual tokens run once for the whole batch: all but the last. They attend
+        only to each other (they come first, and causally), so their keys and values are the
+        same in every row; the last one stays with the tokens because the loss scores its
+        output on each row's first token."""
+        return P - 1 if P >= 2 else 0
+
+    def _prefix(self, batch_size: int):
+        """The first P - 1 virtual tokens through every block once, at batch 1: -> per layer
+        their keys and values broadcast over the batch (B, NH, P - 1, hs), the real tokens'
+        past, and that pass's cache for ``_prefix_backward``. A peft model runs them B times."""
+        P = self.num_virtual_tokens
+        n = self._shared(P)
+        if not n:
+            return None, None
+        prompt, wpe = self.prompts[self.active_adapter], self.params["transformer.wpe.weight"]
+        xv = (prompt[:n] + wpe[:n])[None]                               # (1, P - 1, C)
+        _, cache = self._forward_embedded(xv, None, None, use_cache=True, head=False)
+        past = [tuple(np.broadcast_to(a, (batch_size,) + a.shape[1:]) for a in kv)
+                for kv in cache["present_key_values"]]                  # (B, NH, P - 1, hs), views
+        return past, cache
+
+    def _prefix_backward(self, dpast, cache, grads):
+        """dpast per layer (dk, dv) (B, NH, P - 1, hs): summed over the batch, then back through
+        the virtual tokens' own pass, entering each layer at its keys and values ->
+        dprompt[:P - 1] (``_embed_backward`` adds the last row)."""
+        dpresent = [(dk.sum(axis=0, keepdims=True), dv.sum(axis=0, keepdims=True)) for dk, dv in dpast]
+        frozen: dict[str, np.ndarray] = {}                              # the base is frozen: stays empty
+        dxv = self._blocks_backward(np.zeros_like(cache["xf"]), cache, frozen, dpresent)
+        grads[KEY] = dxv[0]                                             # xv = prompt[:P - 1] + wpe[:P - 1]
+        for name, g in frozen.items():                                  # a base tensor set trainable by hand
+            grads[name] = grads[name] + g if name in grads else g
 
     def _embed_backward(self, dx, cache, dwte, grads):
-        """x = concat(prompt, wte[ids]) + wpe[pos]: dprompt = Σ_b dx[b, :P]."""
+        """x = concat(prompt, wte[ids]) + wpe[pos]: dprompt = Σ_b dx[b, :P] (the last row only
+        when _prefix ran the others, whose rows _prefix_backward put in first)."""
         if isinstance(cache, EmbeddingCache):                           # the base's embedding
             return super()._embed_backward(dx, cache, dwte, grads)
         ops = kernels if self.use_kernels else twin
-        grads[KEY] = ops.prompt_embedding_backward(dx, cache)           # (P, C)
+        d = ops.prompt_embedding_backward(dx, cache)                    # (P or 1, C)
+        grads[KEY] = np.concatenate([grads[KEY], d]) if KEY in grads else d
 
     def generate(self, input_ids, max_new_tokens, **kwargs) -> np.ndarray:
         """GPT2.generate with the prompt in front (it fills the KV cache in the first step)."""
