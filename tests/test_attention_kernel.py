@@ -2,7 +2,9 @@
 (minipeft.ops.attention): forward and backward, every output and the cache, over
 prefix/past + causal keys, with padding (a query row that sees no key at all
 included), a mask per row or shared, strided inputs, float32 and float64; and a float64
-finite-difference check of the kernel's backward.
+finite-difference check of the kernel's backward. float32 runs its own kernels (exp_f32,
+integer max: kernels/fastmath.py), float64 the arithmetic it had before issue 17, bit
+for bit (a Python transcription of its loops).
 
 Tolerances (max|a - b| / max|b| per tensor):
 - float64 1e-12: the same math, sums in another order (loops vs NumPy's pairwise sums).
@@ -12,6 +14,7 @@ Tolerances (max|a - b| / max|b| per tensor):
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -91,3 +94,65 @@ def test_kernel_finite_differences(past, padded):
     backward = lambda dy: dict(zip(("q", "k", "v"), K.attention_backward(dy, cache)))
     errors = grad_check(forward, inputs, backward)
     assert max(errors.values()) <= 1e-7, errors
+
+
+def softmax_python(s, allowed, scale):
+    """The float64 kernel's loops (_masked_softmax, in place) in Python floats: the allowed
+    scores' max, math.exp (the C library's, as in Numba), z summed in order, p = e / z."""
+    p = np.zeros_like(s)
+    for b, h, i in np.ndindex(s.shape[:3]):
+        ok = allowed[b if allowed.shape[0] > 1 else 0, 0, i]
+        x = [float(v) * scale for v in s[b, h, i]]
+        m = max([x[j] for j in range(len(x)) if ok[j]], default=-math.inf)
+        m = m if math.isfinite(m) else 0.0
+        e = [math.exp(x[j] - m) if ok[j] else 0.0 for j in range(len(x))]
+        z = 0.0
+        for v in e:
+            z += v
+        p[b, h, i] = [v / (z if z != 0 else 1.0) for v in e]
+    return p
+
+
+def softmax_backward_python(dp, p, scale):
+    """_softmax_backward's loops in Python floats: ds = p (dp - sum(dp p)) scale."""
+    ds = np.empty_like(dp)
+    for r in np.ndindex(dp.shape[:3]):
+        dot = 0.0
+        for d, q in zip(dp[r], p[r]):
+            dot += float(d) * float(q)
+        ds[r] = [float(q) * (float(d) - dot) * scale for d, q in zip(dp[r], p[r])]
+    return ds
+
+
+@CASES
+def test_float64_is_the_arithmetic_before_issue_17(past, padded):
+    d = make(np.float64, past, padded, seed=1)
+    q, k, v = np.ascontiguousarray(d["q"]), d["k"], d["v"]
+    scale = 1.0 / np.sqrt(HS)
+    y, cache = K.attention_forward(q, k, v, d["allowed"])
+    p = softmax_python(q @ k.swapaxes(-1, -2), d["allowed"], scale)
+    assert np.array_equal(cache[3], p) and np.array_equal(y, p @ v)
+    ds = softmax_backward_python(d["dy"] @ v.swapaxes(-1, -2), p, scale)
+    dq, dk, dv = K.attention_backward(d["dy"], cache)
+    assert np.array_equal(dq, ds @ k) and np.array_equal(dk, ds.swapaxes(-1, -2) @ q)
+    assert np.array_equal(dv, p.swapaxes(-1, -2) @ d["dy"])
+
+
+@DTYPES
+def test_long_rows_and_exact_weights(dtype):
+    """Tk = 45 + 70 keys (the float32 kernel's vectorised passes, a partial last register),
+    padded: the twin within TOL; exact weights where the softmax is exact: a query that sees
+    one key gives it p = 1 (exp(0) = 1), every hidden key has p = 0."""
+    rng = np.random.default_rng(11)
+    past, tq = 45, 70
+    q, k, v, dy = (rng.standard_normal((2, 3, n, HS)).astype(dtype) for n in (tq, past + tq, past + tq, tq))
+    mask = np.ones((2, past + tq), dtype=bool)
+    mask[1, :past + 20] = False                               # row 1's first 21 queries see 0 or 1 key
+    allowed = attention_mask_allowed(tq, past + tq, mask)
+    (y, cache), (y_t, cache_t) = K.attention_forward(q, k, v, allowed), T.attention_forward(q, k, v, allowed)
+    assert_close({"y": y, "p": cache[3]}, {"y": y_t, "p": cache_t[3]}, TOL[dtype])
+    grads = dict(zip(("dq", "dk", "dv"), K.attention_backward(dy, cache_t)))
+    assert_close(grads, dict(zip(("dq", "dk", "dv"), T.attention_backward(dy, cache_t))), TOL[dtype])
+    p = cache[3]
+    assert not p[~np.broadcast_to(allowed, p.shape)].any()  # hidden keys: exactly 0
+    assert np.all(p[1, :, 20, past + 20] == 1) and not p[1, :, :20].any()   # one key: 1; none: 0

@@ -22,6 +22,18 @@ Masked entries are written as exact zeros without calling exp. The mask ``allowe
 (B|1, 1, Tq, Tk) is read as given, so the same kernel serves plain GPT-2 (Tk = Tq),
 a KV cache and a trainable prefix (Tk = P + Tq), with or without padding.
 
+float32 runs ``_masked_softmax_f32`` / ``_softmax_backward_f32``: the same equations in
+passes over a row that LLVM vectorises, with kernels/fastmath.py's exp_f32 (within 1 ulp
+of float64 exp; the C library's expf is a call per element, which no loop vectorises)
+and its integer-key max. The serial sums keep their order and stop at the last key
+allowed (forward) or with p != 0 (backward), as the keys after it add exact zeros; the
+exp stops at the 16-float register holding that key: a causal row's hidden half is
+mostly skipped. Against the float64 twin at (4, 12, 128, 128), N(0, 1) inputs: p within
+2.9e-7 (1.3e-6 with scores 3x larger), y, dq, dk, dv within 3.4e-7, 2.9e-7, 6.8e-7,
+5.2e-7 (max|a - b| / max|b|): the figures of the kernel before issue 17 and of the
+float32 twin. A query that sees one key gives it exactly 1 (exp(0) = 1), a hidden key
+exactly 0. float64 keeps the loops above and their results, bit for bit.
+
 The four products dominate, so the kernels win only what the elementwise passes cost
 (timings: benchmarks/README.md, "Kernel design"). Serial, no prange: parallel over
 (B, NH) did not pay, for the reason kernels/lora.py gives: Numba's OpenMP threads keep
@@ -34,7 +46,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .fastmath import exp_f32, masked_max_f32
+
 _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithmetic
+_jit_vec = dict(_jit, error_model="numpy")  # float32: no zero-divisor branch (kernels/fastmath.py)
+_ZERO32, _ONE32 = np.float32(0.0), np.float32(1.0)
 
 
 def _c(a, dtype):
@@ -82,13 +98,49 @@ def _masked_softmax(s, allowed, scale, consts):
     return s
 
 
+@njit(**_jit_vec)
+def _masked_softmax_f32(s, allowed, scale):
+    """_masked_softmax for float32, in passes that LLVM vectorises: the exp is exp_f32
+    (kernels/fastmath.py), computed on every key up to ``stop`` and masked after; the max
+    an integer max (masked_max_f32). The sum z stays serial, in _masked_softmax's order,
+    over the keys up to the last allowed one (those after it add exact zeros)."""
+    B, NH, Tq, Tk = s.shape
+    per_row = allowed.shape[0] > 1
+    for b in range(B):
+        ab = b if per_row else 0
+        for h in range(NH):
+            for i in range(Tq):
+                row, ok = s[b, h, i], allowed[ab, 0, i]
+                for j in range(Tk):          # s *= scale
+                    row[j] = row[j] * scale
+                m, last = masked_max_f32(row, ok)   # max(where(allowed, s, -inf)); keys < last
+                if not np.isfinite(m):       # m[~isfinite(m)] = 0: a row with no visible key
+                    m = _ZERO32
+                stop = min(Tk, -(-last // 16) * 16)  # last, up to a multiple of 16 (a zmm)
+                for j in range(stop):        # p = exp(s - m) where allowed, exactly 0 elsewhere
+                    e = exp_f32(row[j] - m)
+                    row[j] = e if ok[j] else _ZERO32
+                z = _ZERO32
+                for j in range(last):        # z = sum(p): the same order as _masked_softmax
+                    z += row[j]
+                if z == _ZERO32:             # z[z == 0] = 1: such rows stay all zero
+                    z = _ONE32
+                for j in range(Tk):          # p /= z; and the 0 of the keys after stop
+                    row[j] = row[j] / z if j < stop else _ZERO32
+    return s
+
+
 def attention_forward(q, k, v, allowed):
     """q (B, NH, Tq, hs), k, v (B, NH, Tk, hs), allowed (B|1, 1, Tq, Tk) -> y (B, NH, Tq, hs)."""
     dt = np.result_type(q, k, v)
     q, k, v = _c(q, dt), _c(k, dt), _c(v, dt)
     scale = dt.type(1.0 / np.sqrt(q.shape[-1]))
     s = q @ k.swapaxes(-1, -2)                          # (B, NH, Tq, Tk) BLAS
-    p = _masked_softmax(s, _c(allowed, np.bool_), scale, _consts(dt))
+    allowed = _c(allowed, np.bool_)
+    if dt == np.float32:
+        p = _masked_softmax_f32(s, allowed, scale)
+    else:
+        p = _masked_softmax(s, allowed, scale, _consts(dt))
     y = p @ v                                           # (B, NH, Tq, hs) BLAS
     return y, (q, k, v, p)
 
@@ -110,6 +162,27 @@ def _softmax_backward(dp, p, scale, consts):
     return dp
 
 
+@njit(**_jit_vec)
+def _softmax_backward_f32(dp, p, scale):
+    """_softmax_backward for float32: the same serial sum, over the keys up to the last
+    nonzero p (those after add d·0 = 0; so a non-finite dp there no longer turns the row's
+    sum into nan, as it does in float64 and in the twin), and a vectorised second pass."""
+    B, NH, Tq, Tk = dp.shape
+    for b in range(B):
+        for h in range(NH):
+            for i in range(Tq):
+                d, pr = dp[b, h, i], p[b, h, i]
+                last = 0                     # 1 + the last j with p != 0 (an integer max)
+                for j in range(Tk):
+                    last = max(last, (j + 1) * (pr[j] != _ZERO32))
+                dot = _ZERO32                # sum(dp * p, axis=-1), _softmax_backward's order
+                for j in range(last):
+                    dot += d[j] * pr[j]
+                for j in range(Tk):          # ds = p * (dp - dot) * scale
+                    d[j] = pr[j] * (d[j] - dot) * scale
+    return dp
+
+
 def attention_backward(dy, cache):
     """dy (B, NH, Tq, hs) -> dq, dk, dv with the shapes of q, k, v."""
     q, k, v, p = cache
@@ -118,7 +191,10 @@ def attention_backward(dy, cache):
     scale = dt.type(1.0 / np.sqrt(q.shape[-1]))
     dv = p.swapaxes(-1, -2) @ dy                        # (B, NH, Tk, hs)
     dp = dy @ v.swapaxes(-1, -2)                        # (B, NH, Tq, Tk)
-    ds = _softmax_backward(dp, _c(p, dt), scale, _consts(dt))
+    if dt == np.float32:
+        ds = _softmax_backward_f32(dp, _c(p, dt), scale)
+    else:
+        ds = _softmax_backward(dp, _c(p, dt), scale, _consts(dt))
     dq = ds @ k                                         # (B, NH, Tq, hs)
     dk = ds.swapaxes(-1, -2) @ q                        # (B, NH, Tk, hs)
     return dq, dk, dv
