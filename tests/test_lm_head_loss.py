@@ -81,7 +81,8 @@ def test_blocks_share_the_rows_evenly():
 def model_and_batch(method, dtype):
     cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=61)
     base = GPT2(cfg, init_params(cfg, seed=3)).astype(dtype)
-    configs = {"lora": peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], bias="lora_only"),
+    configs = {"lora": peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
+                                       bias="lora_only"),
                "prompt": peft.PromptTuningConfig(num_virtual_tokens=3),
                "prefix": peft.PrefixTuningConfig(num_virtual_tokens=3)}
     if method == "full":                                                 # wte trains: dwte from the head
