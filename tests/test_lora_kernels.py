@@ -69,7 +69,7 @@ def test_dora_norm_forward_backward_match_twin(dtype):
     base = d["base"][:, ::-1]                            # strided too
     extra, cache = K.dora_forward(base, delta, d["magnitude"], norm_t)
     extra_t, cache_t = T.dora_forward(base, delta, d["magnitude"], norm_t)
-    names = ("base", "delta", "g", "norm")
+    names = T.DoraCache._fields
     check({"extra": extra, **dict(zip(names, cache))},
           {"extra": extra_t, **dict(zip(names, cache_t))}, dtype)
     grads = K.dora_backward(d["dextra"], cache_t)
@@ -78,8 +78,50 @@ def test_dora_norm_forward_backward_match_twin(dtype):
     check(dict(zip(names, grads)), dict(zip(names, grads_t)), dtype)
 
 
-@pytest.mark.parametrize("name", ["lora_forward", "lora_backward", "dora_weight_norm",
-                                  "dora_forward", "dora_backward"])
+@DTYPES
+def test_dora_weight_norm_in_blocks_matches_twin(dtype, monkeypatch):
+    """Blocks of 5 rows of s (BA)ᵀ over in = 48: nine whole blocks and a last one of 3."""
+    d = make(dtype, masked=False)
+    monkeypatch.setattr(K, "_BLOCK_BYTES", 5 * C_OUT * np.dtype(dtype).itemsize)
+    norm = K.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    check({"norm": norm}, {"norm": T.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)}, dtype)
+
+
+@DTYPES
+def test_dora_merged_forward_backward_match_twin(dtype):
+    d = make(dtype, masked=False)
+    norm = T.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    delta = T.lora_forward(d["x"], d["A"], d["B"], SCALING)[0]
+    xw, bias = d["base"][:, ::-1], d["magnitude"][::-1] - 1.5    # strided; a bias of both signs
+    out, cache = K.dora_merged_forward(xw, bias, delta, d["magnitude"], norm)
+    out_t, cache_t = T.dora_merged_forward(xw, bias, delta, d["magnitude"], norm)
+    names = T.DoraCache._fields
+    check({"out": out, **dict(zip(names, cache))}, {"out": out_t, **dict(zip(names, cache_t))}, dtype)
+    dout = d["dextra"][:, ::-1]
+    grads = K.dora_merged_backward(dout, cache_t)
+    grads_t = T.dora_merged_backward(dout, cache_t)
+    names = ("dmerged", "dmagnitude")
+    check(dict(zip(names, grads)), dict(zip(names, grads_t)), dtype)
+
+
+def test_dora_merged_form_is_peft_form_without_dropout():
+    """base = x W0: b + g ⊙ (x W0 + delta) is x W0 + b + dora_forward's extra, and
+    dora_merged_backward's g ⊙ dout is dout + dbase (through x W0) and ddelta, in float64."""
+    d = make(np.float64, masked=False)
+    norm = T.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
+    delta = T.lora_forward(d["x"], d["A"], d["B"], SCALING)[0]
+    xw, bias, m = d["base"], d["magnitude"] - 1.5, d["magnitude"]
+    extra, cache = T.dora_forward(xw, delta, m, norm)
+    out, cache_m = T.dora_merged_forward(xw, bias, delta, m, norm)
+    dbase, ddelta, dm = T.dora_backward(d["dextra"], cache)
+    dmerged, dm_m = T.dora_merged_backward(d["dextra"], cache_m)
+    assert_close({"out": out, "dxw": dmerged, "ddelta": dmerged, "dmagnitude": dm_m},
+                 {"out": xw + bias + extra, "dxw": d["dextra"] + dbase, "ddelta": ddelta, "dmagnitude": dm},
+                 TOL[np.float64])
+
+
+@pytest.mark.parametrize("name", ["lora_forward", "lora_backward", "dora_weight_norm", "dora_forward",
+                                  "dora_backward", "dora_merged_forward", "dora_merged_backward"])
 def test_kernel_has_its_twins_signature(name):
     """One for one: each kernel can replace the twin of the same name."""
     assert inspect.signature(getattr(K, name)) == inspect.signature(getattr(T, name))
@@ -93,7 +135,10 @@ def test_float32_kernels_compute_in_float32():
     K.lora_backward(d["ddelta"], cache, d["A"], d["B"], SCALING, d["mask"])
     norm = K.dora_weight_norm(d["W"], d["A"], d["B"], SCALING)
     K.dora_backward(d["dextra"], K.dora_forward(d["base"], delta, d["magnitude"], norm)[1])
-    for kernel in (K._masked, K._column_norms, K._dora_forward, K._dora_backward):
+    _, cache = K.dora_merged_forward(d["base"], d["magnitude"] - 1, delta, d["magnitude"], norm)
+    K.dora_merged_backward(d["dextra"], cache)
+    for kernel in (K._masked, K._add_column_squares, K._dora_forward, K._dora_backward,
+                   K._dora_merged_forward, K._dora_merged_backward):
         for sig in kernel.signatures:
             if "float64" in str(sig):
                 continue

@@ -27,7 +27,9 @@ g = m / ‖·‖_c the layer is, as peft computes it,
 
     h = x W0 + b  +  (g − 1) ⊙ (x W0)  +  g ⊙ s · drop(x) Aᵀ Bᵀ
 
-(with dropout active in training, peft uses drop(x) W0 in the middle term.)
+With dropout active in training, peft uses drop(x) W0 in the middle term (dora_forward).
+Without dropout the terms collect into the merged layer, rescaled per output column
+(dora_merged_forward): h = b + g ⊙ x (W0 + s (BA)ᵀ).
 
 Trainable parameters per targeted layer: r · (in + out), plus `out` for DoRA's m.
 
@@ -48,8 +50,8 @@ class LoraCache(NamedTuple):
 
 
 class DoraCache(NamedTuple):
-    base: np.ndarray              # (N, out) x W0 without bias (drop(x) W0 under dropout)
-    delta: np.ndarray             # (N, out) the LoRA update
+    merged: np.ndarray            # (N, out) base + delta: x (W0 + s (BA)ᵀ) without bias (under
+                                  #          dropout drop(x) W0 + delta); all dmagnitude needs
     g: np.ndarray                 # (out,) m / norm
     norm: np.ndarray              # (out,) ‖W0 + s (BA)ᵀ‖_c, a constant
 
@@ -112,17 +114,39 @@ def dora_forward(base, delta, magnitude, norm):
     LoRA update from lora_forward. Returns (extra (N, out), cache)."""
     g = magnitude / norm                              # (out,)
     extra = (g - 1) * base + g * delta                # (N, out)
-    return extra, DoraCache(base, delta, g, norm)
+    return extra, DoraCache(base + delta, g, norm)
 
 
 def dora_backward(dextra, cache):
     """dextra (N, out) -> (dbase (N, out), ddelta (N, out), dmagnitude (out,))."""
-    base, delta, g, norm = cache
+    merged, g, norm = cache
     dbase = dextra * (g - 1)
     ddelta = dextra * g
     # extra = (m / norm) ⊙ (base + delta) − base: the norm is a constant
-    dmagnitude = np.einsum("no,no->o", dextra, base + delta) / norm
+    dmagnitude = np.einsum("no,no->o", dextra, merged) / norm
     return dbase, ddelta, dmagnitude
+
+
+def dora_merged_forward(xw, bias, delta, magnitude, norm):
+    """The whole DoRA layer without dropout, where base = x W0: the terms of dora_forward
+    collect into the merged layer rescaled,  x W0 + b + extra = b + g ⊙ (x W0 + delta).
+
+    xw (N, out): x W0 without bias; bias (out,); delta (N, out) from lora_forward.
+    Returns (out (N, out), cache)."""
+    g = magnitude / norm                              # (out,)
+    merged = xw + delta                               # (N, out) x (W0 + s (BA)ᵀ)
+    out = bias + g * merged                           # (N, out)
+    return out, DoraCache(merged, g, norm)
+
+
+def dora_merged_backward(dout, cache):
+    """dout (N, out) -> (dmerged (N, out), dmagnitude (out,)). dmerged = g ⊙ dout is the
+    gradient of x W0 and of delta alike: both enter as their sum."""
+    merged, g, norm = cache
+    dmerged = dout * g
+    # out = b + (m / norm) ⊙ merged: the norm is a constant
+    dmagnitude = np.einsum("no,no->o", dout, merged) / norm
+    return dmerged, dmagnitude
 
 
 # ------------------------------------------------------------------ merging

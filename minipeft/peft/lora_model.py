@@ -117,29 +117,35 @@ class LoraModel(MergeMixin, PeftModel):
     def _linear(self, name: str, x):
         """Base Conv1D, plus s · drop(x) Aᵀ Bᵀ on each LoRA part (and DoRA's terms)."""
         W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-        out, _ = self.ops.linear_forward(x, W, b)                       # (B, T, out), W frozen
         t = None if self._disabled or self.merged else self.lora[self.active_adapter].get(name)
         if t is None:
-            return out, (None, None)                                    # backward needs no x for W
+            return self.ops.linear_forward(x, W, b)[0], (None, None)     # backward needs no x for W
         cfg = self.active_peft_config
         ops = kernels if self.use_kernels else twin
         s, x2 = cfg.scaling, x.reshape(-1, x.shape[-1])                 # (N, in)
-        out2 = out.reshape(-1, out.shape[-1])                           # (N, out), a view
         mask = None
         if self.training and cfg.lora_dropout > 0:
             mask = twin.dropout_mask(self._rng, x2.shape, cfg.lora_dropout, x2.dtype)
+        m = t.get("lora_magnitude_vector")                              # DoRA: one part, all columns
+        dora_merged = m is not None and mask is None                    # b comes with g ⊙ (x W0 + delta)
+        out, _ = self.ops.linear_forward(x, W, None if dora_merged else b)    # (B, T, out), W frozen
+        out2 = out.reshape(-1, out.shape[-1])                           # (N, out), a view
         parts = []
         for prefix, cols in self._parts(cfg, name):
             A, B = t[f"{prefix}lora_A.weight"], t[f"{prefix}lora_B.weight"]
             delta, lc = ops.lora_forward(x2, A, B, s, mask)             # (N, out_part)
             dc = None
-            if "lora_magnitude_vector" in t:
+            if m is None:
+                out2[:, cols] += delta
+            else:
                 norm = ops.dora_weight_norm(W, A, B, s)                 # (out,), a constant
-                base = out2 - b if mask is None else (x2 * mask) @ W    # x W0 without bias
-                delta, dc = ops.dora_forward(base, delta, t["lora_magnitude_vector"], norm)
+                if dora_merged:                                         # out2: x W0 -> b + g ⊙ (x W0 + delta)
+                    out2, dc = ops.dora_merged_forward(out2, b, delta, m, norm)
+                else:                                                   # peft's terms, base = drop(x) W0
+                    extra, dc = ops.dora_forward((x2 * mask) @ W, delta, m, norm)
+                    out2 += extra
             parts.append((prefix, cols, A, B, lc, dc))
-            out2[:, cols] += delta
-        return out, (None, LoraParts(mask, parts, s))
+        return out2.reshape(out.shape), (None, LoraParts(mask, parts, s))
 
     def _linear_backward(self, name: str, dout, cache, grads):
         """dout (B, T, out) -> dx; LoRA gradients go into ``grads`` under peft's names."""
@@ -155,12 +161,13 @@ class LoraModel(MergeMixin, PeftModel):
         for prefix, cols, A, B, lc, dc in lora.parts:
             ddelta = d2[:, cols]
             if dc is not None:                                          # DoRA
-                dbase, ddelta, dmag = ops.dora_backward(ddelta, dc)
-                grads[f"{PREFIX}{name}.lora_magnitude_vector"] = dmag
-                if mask is None:
-                    dbase_total = dbase_total + dbase                   # base = x W0
+                if mask is None:                                        # merged: x W0 and delta get
+                    ddelta, dmag = ops.dora_merged_backward(ddelta, dc)     # the same g ⊙ dout
+                    dbase_total = ddelta
                 else:
+                    dbase, ddelta, dmag = ops.dora_backward(ddelta, dc)
                     dx_extra = (dbase @ W.T) * mask                     # base = drop(x) W0
+                grads[f"{PREFIX}{name}.lora_magnitude_vector"] = dmag
             dxl, dA, dB = ops.lora_backward(ddelta, lc, A, B, lora.scaling, mask)
             grads[f"{PREFIX}{name}.{prefix}lora_A.weight"] = dA
             grads[f"{PREFIX}{name}.{prefix}lora_B.weight"] = dB
