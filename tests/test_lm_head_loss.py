@@ -72,8 +72,10 @@ def test_equals_the_full_computation(dtype, kind, impl, monkeypatch):
 
 
 def test_blocks_share_the_rows_evenly():
-    assert K.block_rows(508, 50257, 4) == 254                            # GPT-2's bench: 2 × 254 rows
-    assert K.block_rows(508, 50257, 4) * 50257 * 4 <= K.LOGITS_BLOCK
+    assert K.block_rows(508, 50257, 4) == 508                            # GPT-2's bench: one block
+    assert K.block_rows(1016, 50257, 4) == 508                           # batch 8: 2 × 508, not 667 + 349
+    assert K.block_rows(1016, 50257, 4) * 50257 * 4 <= K.LOGITS_BLOCK
+    assert K.block_rows(508, 50257, 4, budget=64 * 2**20) == 254
     assert K.block_rows(10, 97, 8, budget=3 * 97 * 8) == 3               # 4 blocks: 3, 3, 3, 1
     assert K.block_rows(1, 10**6, 8) == 1 and K.block_rows(5, 7, 4) == 5
 
