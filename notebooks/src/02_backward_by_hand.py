@@ -172,6 +172,22 @@ checks["cross-entropy"] = grad_check(lambda logits: ops.cross_entropy_forward(lo
 print(checks["cross-entropy"])
 
 # %% [markdown]
+# A row whose target is `-100` gets a zero gradient, and it adds nothing to the loss: its
+# logits need not exist at all. Training therefore runs the lm_head and the loss together
+# on the counted rows only, `ops.lm_head_loss(xf, wte, targets)`: `xf[rows] @ wte.T`, the
+# cross-entropy of those rows, and `dxf[rows] = dlogits @ wte`. With completion-only labels
+# (the prompt's tokens `-100`) that skips most of the step's largest product. Same loss,
+# same gradient as the logits of every row:
+
+# %%
+xf, wte_ = rng.standard_normal((2, 4, 5)), rng.standard_normal((11, 5))
+full_loss, full_cache = ops.cross_entropy_forward(xf @ wte_.T, targets)        # (2, 4, 11) logits
+full_dxf = ops.cross_entropy_backward(1.0, full_cache) @ wte_
+loss_rows, dxf, _ = ops.lm_head_loss(xf, wte_, targets)                        # 6 of 8 rows computed
+print(f"loss {full_loss:.12f} vs {loss_rows:.12f}; dxf max diff {np.abs(full_dxf - dxf).max():.1e}")
+assert np.isclose(full_loss, loss_rows, rtol=1e-12) and np.allclose(full_dxf, dxf, rtol=1e-12, atol=0)
+
+# %% [markdown]
 # ## Embedding: a gather, so its backward is a scatter-add
 #
 # `x[b, t] = wte[ids[b, t]] + wpe[t]`. A token that appears twice gets the **sum** of both
