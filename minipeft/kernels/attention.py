@@ -46,10 +46,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fastmath import exp_f32, masked_max_f32
+from .fastmath import JIT_VEC, exp_f32, masked_max_f32
 
 _jit = dict(cache=True, fastmath=False)   # fastmath off: keep the twin's arithmetic
-_jit_vec = dict(_jit, error_model="numpy")  # float32: no zero-divisor branch (kernels/fastmath.py)
 _ZERO32, _ONE32 = np.float32(0.0), np.float32(1.0)
 
 
@@ -98,7 +97,7 @@ def _masked_softmax(s, allowed, scale, consts):
     return s
 
 
-@njit(**_jit_vec)
+@njit(**JIT_VEC)
 def _masked_softmax_f32(s, allowed, scale):
     """_masked_softmax for float32, in passes that LLVM vectorises: the exp is exp_f32
     (kernels/fastmath.py), computed on every key up to ``stop`` and masked after; the max
@@ -162,7 +161,7 @@ def _softmax_backward(dp, p, scale, consts):
     return dp
 
 
-@njit(**_jit_vec)
+@njit(**JIT_VEC)
 def _softmax_backward_f32(dp, p, scale):
     """_softmax_backward for float32: the same serial sum, over the keys up to the last
     nonzero p (those after add d·0 = 0; so a non-finite dp there no longer turns the row's

@@ -44,6 +44,7 @@ from ..ops import (  # noqa: F401 (the table)
     split_heads_backward,
 )
 from .attention import attention_backward, attention_forward  # noqa: F401 (the table)
+from .fastmath import JIT_VEC, tanh_f32
 from .loss import cross_entropy, lm_head_loss  # noqa: F401 (the table)
 
 _jit = dict(cache=True, fastmath=False)
@@ -119,13 +120,14 @@ def layernorm_backward(dout, cache, need_params=True):
 
 # ------------------------------------------------------------------ GELU
 # float32: one Numba loop per direction over the (N, 4C) buffer, tanh(u) computed in the
-# loop as a rational function, the float32 tanh of Eigen (generic_fast_tanh_float, which
-# TensorFlow and XLA use): no call, only multiplies, adds, a division and selects, so LLVM
-# vectorises the loop (a loop calling math.tanh is scalar, 7x slower than NumPy's SIMD
-# tanh). Two settings make it vectorise: float32 constants (a float64 literal would turn
-# the arithmetic into float64) and error_model="numpy" (Numba's default checks each
-# division for a zero divisor, to raise ZeroDivisionError, and that branch stops the
-# vectoriser; q >= 4.9e-3 here).
+# loop as a rational function, kernels/fastmath.py's tanh_f32 (Eigen's float32 tanh,
+# generic_fast_tanh_float, which TensorFlow and XLA use): no call, only multiplies, adds,
+# a division and selects, so LLVM vectorises the loop (a loop calling math.tanh is
+# scalar, 7x slower than NumPy's SIMD tanh). Two settings make it vectorise: float32
+# constants (a float64 literal would turn the arithmetic into float64) and
+# error_model="numpy" (fastmath.JIT_VEC: Numba's default checks each division for a zero
+# divisor, to raise ZeroDivisionError, and that branch stops the vectoriser; tanh_f32's
+# divisor is >= 4.9e-3).
 # fastmath stays off: no fused multiply-adds, the same bits on every x86 machine. Serial:
 # a prange loop was no faster on 2 busy cores (0.8-0.9 ms either way), 12 ms under OpenMP's
 # default spin-waiting, and could save at most ~0.5 ms a call (benchmarks/README.md, GELU).
@@ -142,57 +144,25 @@ def layernorm_backward(dout, cache, need_params=True):
 # gelu(x) is x or -0 and gelu'(x) 1 or 0, and ±inf and nan give the twin's inf/nan.
 # float64 (and any other dtype): NumPy's lines, each in place on one or two (B, T, 4C)
 # buffers, in the twin's order of operations (the twin's results, bit for bit).
-_jit_vec = dict(_jit, error_model="numpy")     # see above: no zero-divisor branch
 _f32 = np.float32
 _K32, _A32, _3A32 = _f32(_K), _f32(_A), _f32(3 * _A)
 _HALF32, _ONE32, _X_MAX32 = _f32(0.5), _f32(1.0), _f32(100.0)
-_TANH_CLAMP = _f32(7.90531110763549805)        # where p/q rounds to ±1: tanh's ±1 beyond
-_TANH_TINY = _f32(0.0004)                      # below: tanh(u) = u (p/q underflows at 1e-37)
-_ALPHA1, _ALPHA3, _ALPHA5, _ALPHA7, _ALPHA9, _ALPHA11, _ALPHA13 = (   # numerator, odd
-    _f32(4.89352455891786e-03), _f32(6.37261928875436e-04), _f32(1.48572235717979e-05),
-    _f32(5.12229709037114e-08), _f32(-8.60467152213735e-11), _f32(2.00018790482477e-13),
-    _f32(-2.76076847742355e-16))
-_BETA0, _BETA2, _BETA4, _BETA6 = (                                     # denominator, even
-    _f32(4.89352518554385e-03), _f32(2.26843463243900e-03), _f32(1.18534705686654e-04),
-    _f32(1.19825839466702e-06))
-
-
-@njit(**_jit_vec)
-def _tanh_f32(u):
-    """tanh(u), u float32: Eigen's 13/6-degree rational function x p(x²) / q(x²) of x = u
-    clamped to ±7.905, and u itself for |u| < 0.0004. A nan passes through (both
-    comparisons fail)."""
-    x = _TANH_CLAMP if u > _TANH_CLAMP else (-_TANH_CLAMP if u < -_TANH_CLAMP else u)
-    x2 = x * x
-    p = x2 * _ALPHA13 + _ALPHA11               # Horner, highest power first
-    p = x2 * p + _ALPHA9
-    p = x2 * p + _ALPHA7
-    p = x2 * p + _ALPHA5
-    p = x2 * p + _ALPHA3
-    p = x2 * p + _ALPHA1
-    p = x * p                                  # x (a1 + a3 x² + ... + a13 x¹²)
-    q = x2 * _BETA6 + _BETA4
-    q = x2 * q + _BETA2
-    q = x2 * q + _BETA0                        # b0 + b2 x² + b4 x⁴ + b6 x⁶ >= b0
-    return u if abs(u) < _TANH_TINY else p / q
-
-
-@njit(**_jit_vec)
+@njit(**JIT_VEC)
 def _gelu_forward_f32(x, out):
     """x (n,) float32 -> out (n,): 0.5 x (1 + t), t = tanh(K (x + A x·x·x)), the twin's order."""
     for i in range(x.shape[0]):
         xi = x[i]
-        t = _tanh_f32(_K32 * (xi + _A32 * xi * xi * xi))
+        t = tanh_f32(_K32 * (xi + _A32 * xi * xi * xi))
         out[i] = _HALF32 * xi * (_ONE32 + t)
 
 
-@njit(**_jit_vec)
+@njit(**JIT_VEC)
 def _gelu_backward_f32(dout, x, dx):
     """dout, x (n,) float32 -> dx (n,) = dout 0.5 (1 + t + x (1 - t²) K (1 + 3A xc²)), with
     the twin's guard xc = x clipped to ±100 (xc² finite; 1 - t² is 0 beyond)."""
     for i in range(x.shape[0]):
         xi = x[i]
-        t = _tanh_f32(_K32 * (xi + _A32 * xi * xi * xi))          # recomputed: the cache is x
+        t = tanh_f32(_K32 * (xi + _A32 * xi * xi * xi))          # recomputed: the cache is x
         xc = _X_MAX32 if xi > _X_MAX32 else (-_X_MAX32 if xi < -_X_MAX32 else xi)
         dgelu = _HALF32 * (_ONE32 + t + xi * (_ONE32 - t * t) * _K32 * (_ONE32 + _3A32 * (xc * xc)))
         dx[i] = dout[i] * dgelu
