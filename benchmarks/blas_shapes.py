@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from minipeft.bench.machine import machine_info, openblas_runtime
+from minipeft.bench.machine import machine_info, openblas_function, openblas_runtime
 
 SHAPES = [  # (name, M, K, N): a (M, K) @ b (K, N)
     ("c_attn x W", 512, 768, 2304),
@@ -33,14 +33,9 @@ SHAPES = [  # (name, M, K, N): a (M, K) @ b (K, N)
 
 def openblas_threads(n: int) -> None:
     """Set OpenBLAS's thread count through its own symbol (no threadpoolctl needed)."""
-    for path in {line.split()[-1] for line in open("/proc/self/maps")
-                 if "openblas" in line.split()[-1].rsplit("/", 1)[-1].lower()}:
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                getattr(lib, name)(ctypes.c_int(n))
-                return
+    set_threads = openblas_function("set_num_threads", None)
+    if set_threads is not None:
+        set_threads(ctypes.c_int(n))
 
 
 def main():

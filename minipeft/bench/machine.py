@@ -35,15 +35,16 @@ def cpu_info() -> dict:
     return info
 
 
-def openblas_runtime() -> dict:
-    """The OpenBLAS that this process loaded (numpy's): its config string, the kernel it
-    picked for this CPU (corename) and its thread count; {} for another BLAS."""
+def openblas_function(name: str, restype=ctypes.c_int):
+    """OpenBLAS's C function ``name`` (get_corename, set_num_threads, ...) in the OpenBLAS
+    this process loaded (numpy's), under any of its builds' symbol names
+    (scipy_openblas_<name>64_, openblas_<name>, ...); None without one."""
     try:
         with open("/proc/self/maps") as f:
             libs = sorted({line.split()[-1] for line in f
                            if "openblas" in line.split()[-1].rsplit("/", 1)[-1].lower()})
     except OSError:
-        return {}
+        return None
     for path in libs:
         try:
             lib = ctypes.CDLL(path)
@@ -51,15 +52,23 @@ def openblas_runtime() -> dict:
             continue
         for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""),
                                ("openblas_", "64_"), ("openblas_", "")):
-            try:
-                core, config, threads = (getattr(lib, f"{prefix}{name}{suffix}")
-                                         for name in ("get_corename", "get_config", "get_num_threads"))
-            except AttributeError:
-                continue
-            core.restype = config.restype = ctypes.c_char_p
-            threads.restype = ctypes.c_int
-            return {"core": core().decode(), "config": config().decode(), "threads": threads()}
-    return {}
+            fn = getattr(lib, f"{prefix}{name}{suffix}", None)
+            if fn is not None:
+                fn.restype = restype
+                return fn
+    return None
+
+
+def openblas_runtime() -> dict:
+    """The OpenBLAS that this process loaded (numpy's): its config string, the kernel it
+    picked for this CPU (corename) and its thread count; {} for another BLAS."""
+    fns = [openblas_function(name, restype) for name, restype in
+           (("get_corename", ctypes.c_char_p), ("get_config", ctypes.c_char_p),
+            ("get_num_threads", ctypes.c_int))]
+    if None in fns:
+        return {}
+    core, config, threads = fns
+    return {"core": core().decode(), "config": config().decode(), "threads": threads()}
 
 
 def machine_info(with_torch: bool) -> dict:
