@@ -13,6 +13,7 @@ one runs with the tokens, since the loss scores its output on each row's first t
 Their gradients come back through ``_prefix_backward``, summed over the batch. The
 values are those of running all P in every row (tests/test_prompt_tuning.py); the cost
 of P virtual tokens no longer grows with the batch.
+
 GPT2's forward returns the logits of the real tokens, (B, T, V); its ``loss_and_grads``
 pads the labels with -100 for the virtual tokens, as peft: the last virtual position is
 scored on the first real token. With a KV cache (generation) the prompt is in the
@@ -177,12 +178,14 @@ class PromptTuningModel(PeftModel):
     def _prefix_backward(self, dpast, cache, grads):
         """dpast per layer (dk, dv) (B, NH, P - 1, hs): summed over the batch, then back through
         the virtual tokens' own pass, entering each layer at its keys and values ->
-        dprompt[:P - 1] (``_embed_backward`` adds the last row)."""
+        dprompt[:P - 1] (``_embed_backward`` adds the last row). A base tensor made trainable
+        by hand gets this pass's gradient added to the tokens' pass's (the base is frozen
+        otherwise, and ``base`` stays empty)."""
         dpresent = [(dk.sum(axis=0, keepdims=True), dv.sum(axis=0, keepdims=True)) for dk, dv in dpast]
-        frozen: dict[str, np.ndarray] = {}                              # the base is frozen: stays empty
-        dxv = self._blocks_backward(np.zeros_like(cache["xf"]), cache, frozen, dpresent)
+        base: dict[str, np.ndarray] = {}
+        dxv = self._blocks_backward(np.zeros_like(cache["xf"]), cache, base, dpresent)
         grads[KEY] = dxv[0]                                             # xv = prompt[:P - 1] + wpe[:P - 1]
-        for name, g in frozen.items():                                  # a base tensor set trainable by hand
+        for name, g in base.items():
             grads[name] = grads[name] + g if name in grads else g
 
     def _embed_backward(self, dx, cache, dwte, grads):
